@@ -1,0 +1,34 @@
+# coordsweep: `make sweep` runs the demo sweep, `make test` runs the tests.
+# Both create .venv when missing and install everything, the pinned CPU torch wheel first so
+# that pip never pulls a multi-GB CUDA build on a CPU machine. GPU users: see README.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.coordsweep-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all sweep cost bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q --runslow $(PYTEST_ARGS)
+
+sweep: $(STAMP)
+	$(PY) -m analysis.cost model.geometry=imagenet attention=ca
+
+cost: $(STAMP)
+	$(PY) -m analysis.cost $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache
