@@ -1,0 +1,1 @@
+"""How it runs: data pipeline, trial (train/eval), Optuna sweeper plugin, storage, scheduling."""
