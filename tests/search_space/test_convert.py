@@ -47,7 +47,8 @@ def official_state_dict(layout, fill="zeros", seed=0) -> "OrderedDict[str, torch
     sd = OrderedDict()
     for key, shape in layout:
         if key.endswith("num_batches_tracked"):
-            sd[key] = torch.randint(0, 10_000, shape, generator=g) if fill == "random" else torch.zeros(shape, dtype=torch.long)
+            sd[key] = (torch.randint(0, 10_000, shape, generator=g) if fill == "random"
+                       else torch.zeros(shape, dtype=torch.long))
         elif fill == "random":  # BN variances must stay positive for a forward pass
             t = torch.randn(shape, generator=g)
             sd[key] = t.abs() + 0.5 if key.endswith("running_var") else t
