@@ -145,8 +145,11 @@ def validate_attention(att: Mapping[str, Any]) -> None:
     position = _get(att, "position", "post_dw")
     if position not in POSITIONS:
         raise ConfigError(f"attention.position={position!r} is not allowed; allowed: {', '.join(POSITIONS)}")
-    stages = list(_get(att, "stages", ALL_STAGES))
-    bad = [s for s in stages if s not in ALL_STAGES]
+    stages = _get(att, "stages", ALL_STAGES)
+    if isinstance(stages, (str, bytes)) or not hasattr(stages, "__iter__"):
+        raise ConfigError(f"attention.stages={stages!r} must be a list of stage numbers from {ALL_STAGES}")
+    stages = list(stages)
+    bad = [s for s in stages if isinstance(s, bool) or s not in ALL_STAGES]
     if bad or not stages:
         raise ConfigError(f"attention.stages={stages!r}: stages are numbered 1..{NUM_STAGES} "
                           f"(allowed values: {ALL_STAGES}); give at least one (or use attention=none)")
@@ -159,8 +162,9 @@ def validate_attention(att: Mapping[str, Any]) -> None:
         raise ConfigError(f"attention.{unknown[0]} is not an option of attention {name!r}; "
                           f"allowed: {', '.join(accepted) or '(none)'}")
     for key in ("reduction", "min_channels"):
-        if key in options and (not isinstance(options[key], int) or options[key] < 1):
-            raise ConfigError(f"attention.{key}={options[key]!r} must be an integer >= 1")
+        value = options.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"attention.{key}={value!r} must be an integer >= 1")
     try:  # the module checks its own choices; a tiny instance validates every option
         builder(64, **options)
     except ValueError as e:
