@@ -44,7 +44,7 @@ class InvertedResidual(nn.Module):
         if expand_ratio != 1:
             self.conv_pw = nn.Conv2d(in_chs, hidden, 1, bias=False)
             self.bn1 = nn.BatchNorm2d(hidden)
-            self.act1 = nn.ReLU6(inplace=True)
+            self.act1 = nn.ReLU6()
         else:
             self.conv_pw, self.bn1, self.act1 = nn.Identity(), nn.Identity(), nn.Identity()
         slot_channels = {"post_expand": hidden, "post_dw": hidden, "post_project": out_chs, "post_add": out_chs}
@@ -55,7 +55,7 @@ class InvertedResidual(nn.Module):
         self.post_expand = slot("post_expand")
         self.conv_dw = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)
         self.bn2 = nn.BatchNorm2d(hidden)
-        self.act2 = nn.ReLU6(inplace=True)
+        self.act2 = nn.ReLU6()
         self.post_dw = slot("post_dw")
         self.conv_pwl = nn.Conv2d(hidden, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)

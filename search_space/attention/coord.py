@@ -103,6 +103,12 @@ class CoordAttn(nn.Module):
         self.conv_w = nn.Conv2d(mip, channels, 1, bias=bias) if "w" in directions else None
         self.gate = create_gate(gate) if gate != "softmax_hw" else None
 
+    def _pool_hw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column descriptors (N, C, H) and (N, C, W)."""
+        if self.pool == "avg":
+            return _AvgPoolHW.apply(x)
+        return self._pool(x, 3).squeeze(3), self._pool(x, 2).squeeze(2)
+
     def _pool(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         if self.pool == "avg":
             return x.mean(dim, keepdim=True)
@@ -124,12 +130,11 @@ class CoordAttn(nn.Module):
         h, w = x.shape[-2:]
         if self.directions == "h":
             a_h = self.gate(_pw(self.conv_h, self._mix(self._pool(x, 3).squeeze(3).transpose(1, 2))))  # (N, H, C)
-            return x * a_h.transpose(1, 2).unsqueeze(3)
+            return _CoordGate.apply(x, a_h.transpose(1, 2).unsqueeze(3), None)
         if self.directions == "w":
             a_w = self.gate(_pw(self.conv_w, self._mix(self._pool(x, 2).squeeze(2).transpose(1, 2))))  # (N, W, C)
-            return x * a_w.transpose(1, 2).unsqueeze(2)
-        x_h = self._pool(x, 3).squeeze(3)  # (N, C, H)
-        x_w = self._pool(x, 2).squeeze(2)  # (N, C, W)
+            return _CoordGate.apply(x, None, a_w.transpose(1, 2).unsqueeze(2))
+        x_h, x_w = self._pool_hw(x)  # (N, C, H), (N, C, W)
         y = self._mix(torch.cat([x_h, x_w], dim=2).transpose(1, 2))  # (N, H+W, mip)
         y_h, y_w = torch.split(y, [h, w], dim=1)
         z_h = _pw(self.conv_h, y_h)  # (N, H, C)
@@ -139,7 +144,79 @@ class CoordAttn(nn.Module):
             a_h, a_w = torch.split(z, [h, w], dim=1)
         else:
             a_h, a_w = self.gate(z_h), self.gate(z_w)
-        return x * a_w.transpose(1, 2).unsqueeze(2) * a_h.transpose(1, 2).unsqueeze(3)
+        return _CoordGate.apply(x, a_h.transpose(1, 2).unsqueeze(3), a_w.transpose(1, 2).unsqueeze(2))
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class _AvgPoolHW(torch.autograd.Function):
+    """Row and column means of (N, C, H, W). The backward writes the input gradient in a single
+    pass and in the input's memory format (autograd's mean backward takes two expand/divide
+    passes plus an add, and its NCHW result slows the channels_last convs around CA)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape, ctx.fmt = x.shape, _memory_format(x)
+        return x.mean(3), x.mean(2)  # (N, C, H), (N, C, W)
+
+    @staticmethod
+    def backward(ctx, g_h, g_w):
+        n, c, h, w = ctx.shape
+        ref = g_h if g_h is not None else g_w
+        out = torch.empty(ctx.shape, dtype=ref.dtype, device=ref.device, memory_format=ctx.fmt)
+        if g_h is None:
+            g_h = ref.new_zeros(n, c, h)
+        if g_w is None:
+            g_w = ref.new_zeros(n, c, w)
+        torch.add((g_h / w).unsqueeze(3), (g_w / h).unsqueeze(2), out=out)
+        return out
+
+
+class _CoordGate(torch.autograd.Function):
+    """``x * a_h * a_w`` with a_h (N, C, H, 1) and a_w (N, C, 1, W) (either may be None).
+
+    Same values as the two broadcast products; the gradients are computed with fewer full-size
+    passes (the gate reductions as batched mat-vec products) and the input gradient keeps the
+    input's memory format."""
+
+    @staticmethod
+    def forward(ctx, x, a_h, a_w):
+        fmt = _memory_format(x)
+        a_h = a_h.to(x.dtype) if a_h is not None else None
+        a_w = a_w.to(x.dtype) if a_w is not None else None
+        if a_h is not None and a_w is not None:
+            g = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+            torch.mul(a_w, a_h, out=g)  # (N, C, H, W) in x's layout
+        else:
+            g = a_h if a_h is not None else a_w
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+        torch.mul(x, g, out=out)
+        ctx.save_for_backward(x, g, a_h, a_w)
+        ctx.fmt = fmt
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, g, a_h, a_w = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad_x = ga_h = ga_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty(x.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.fmt)
+            torch.mul(grad, g, out=grad_x)
+        t = torch.empty(x.shape, dtype=grad.dtype, device=grad.device)  # NCHW for the mat-vecs
+        torch.mul(grad, x, out=t)
+        t = t.view(n * c, h, w)
+        if a_h is not None and ctx.needs_input_grad[1]:
+            ga_h = (torch.bmm(t, a_w.reshape(n * c, w, 1)).view(n, c, h, 1) if a_w is not None
+                    else t.sum(2, keepdim=True).view(n, c, h, 1))
+        if a_w is not None and ctx.needs_input_grad[2]:
+            ga_w = (torch.bmm(a_h.reshape(n * c, 1, h), t).view(n, c, 1, w) if a_h is not None
+                    else t.sum(1, keepdim=True).view(n, c, 1, w))
+        return grad_x, ga_h, ga_w
 
 
 def _pw(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
