@@ -106,7 +106,7 @@ class CoordAttn(nn.Module):
     def _pool_hw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and column descriptors (N, C, H) and (N, C, W)."""
         if self.pool == "avg":
-            return _AvgPoolHW.apply(x)
+            return _AvgPoolHW.apply(x) if _autograd_path(x) else (x.mean(3), x.mean(2))
         return self._pool(x, 3).squeeze(3), self._pool(x, 2).squeeze(2)
 
     def _pool(self, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -130,10 +130,10 @@ class CoordAttn(nn.Module):
         h, w = x.shape[-2:]
         if self.directions == "h":
             a_h = self.gate(_pw(self.conv_h, self._mix(self._pool(x, 3).squeeze(3).transpose(1, 2))))  # (N, H, C)
-            return _CoordGate.apply(x, a_h.transpose(1, 2).unsqueeze(3), None)
+            return _gate(x, a_h.transpose(1, 2).unsqueeze(3), None)
         if self.directions == "w":
             a_w = self.gate(_pw(self.conv_w, self._mix(self._pool(x, 2).squeeze(2).transpose(1, 2))))  # (N, W, C)
-            return _CoordGate.apply(x, None, a_w.transpose(1, 2).unsqueeze(2))
+            return _gate(x, None, a_w.transpose(1, 2).unsqueeze(2))
         x_h, x_w = self._pool_hw(x)  # (N, C, H), (N, C, W)
         y = self._mix(torch.cat([x_h, x_w], dim=2).transpose(1, 2))  # (N, H+W, mip)
         y_h, y_w = torch.split(y, [h, w], dim=1)
@@ -144,7 +144,20 @@ class CoordAttn(nn.Module):
             a_h, a_w = torch.split(z, [h, w], dim=1)
         else:
             a_h, a_w = self.gate(z_h), self.gate(z_w)
-        return _CoordGate.apply(x, a_h.transpose(1, 2).unsqueeze(3), a_w.transpose(1, 2).unsqueeze(2))
+        return _gate(x, a_h.transpose(1, 2).unsqueeze(3), a_w.transpose(1, 2).unsqueeze(2))
+
+
+def _autograd_path(x: torch.Tensor) -> bool:
+    # The custom autograd functions only pay off when a backward follows; tracing (fvcore's
+    # FLOP count, TorchScript) must see plain aten ops.
+    return torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing()
+
+
+def _gate(x: torch.Tensor, a_h, a_w) -> torch.Tensor:
+    if _autograd_path(x):
+        return _CoordGate.apply(x, a_h, a_w)
+    out = x if a_w is None else x * a_w
+    return out if a_h is None else out * a_h
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
