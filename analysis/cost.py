@@ -533,7 +533,8 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
     """Compose ``conf/<config_name>.yaml`` with Hydra overrides (schemas registered first)."""
     from hydra import compose, initialize_config_dir
 
-    from search_space.config import register_configs
+    # Schemas only (no runner code): analysis never imports the trial or the sweeper.
+    from sweep.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -34,3 +34,15 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"{p} is absent (../shared is not laid out on this machine)")
     return p
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests run with one intra-op thread: tiny CPU ops with 2 OpenMP threads on a busy 2-core
+    machine are up to 100x slower (spin-waiting), and one thread keeps results reproducible."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
