@@ -1,0 +1,139 @@
+"""Worker processes on this machine, for Hydra's basic launcher (which runs jobs one after
+the other in-process: no parallelism, and a trial that kills its process kills the sweep).
+
+Each worker is a spawned process running one worker job (``WorkerTask`` through Hydra's
+``run_job``, as a launcher would). The supervisor waits on the processes; when one dies
+(a trial SIGKILLed it, OOM, segfault) it fails that worker's running trial at once with the
+reason, re-queues it (``RetryCallback``) and starts a replacement, so finished trials are
+never lost and the budget is still reached.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import multiprocessing.connection
+import signal
+import sys
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional
+
+from sweep import storage as st
+
+log = logging.getLogger(__name__)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def _child_main(payload: bytes, job_num: int) -> None:
+    """Entry point of a worker process (spawned): rebuild Hydra's state, run the worker job."""
+    import cloudpickle
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import JobStatus, run_job, setup_globals
+    from omegaconf import open_dict
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    state, hydra_context, master_config, task = cloudpickle.loads(payload)
+    Singleton.set_state(state)
+    setup_globals()
+    try:
+        cfg = hydra_context.config_loader.load_sweep_config(
+            master_config, [f"hydra.sweep.subdir=workers/{job_num}"])
+        with open_dict(cfg):
+            cfg.hydra.job.id = f"worker{job_num}"
+            cfg.hydra.job.num = job_num
+        ret = run_job(hydra_context=hydra_context, task_function=task, config=cfg,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    except KeyboardInterrupt:
+        _exit(130)
+    if ret.status == JobStatus.FAILED:
+        e = ret._return_value
+        sys.stderr.write(f"coordsweep worker {job_num} failed:\n"
+                         + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+        _exit(1)
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    """Leave without interpreter teardown (seconds with torch loaded); results are committed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _describe_exit(code: Optional[int]) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def run_local_workers(payload: bytes, n_workers: int, study, plan, *,
+                      max_restarts: int, has_work: Callable[[], bool]) -> Dict[str, Any]:
+    """Run ``n_workers`` worker processes until none is left; replace dead ones while work
+    remains (at most ``max_restarts`` times). Returns {started, died, restarts}."""
+    ctx = multiprocessing.get_context("spawn")
+    procs: Dict[Any, Any] = {}
+    next_num = 0
+    stats = {"started": 0, "died": 0, "restarts": 0}
+    retry = plan.retry()
+
+    def start() -> None:
+        nonlocal next_num
+        p = ctx.Process(target=_child_main, args=(payload, next_num),
+                        name=f"coordsweep-worker-{next_num}")
+        p.start()
+        procs[p.sentinel] = (p, next_num)
+        stats["started"] += 1
+        next_num += 1
+
+    def mine(pid: int) -> Callable[[Any], bool]:
+        return lambda ident: ident.get("run") == plan.run_id and ident.get("pid") == pid
+
+    for _ in range(n_workers):
+        start()
+    try:
+        while procs:
+            for sentinel in multiprocessing.connection.wait(list(procs)):
+                p, num = procs.pop(sentinel)
+                p.join()
+                if p.exitcode == 0:
+                    continue
+                stats["died"] += 1
+                how = _describe_exit(p.exitcode)
+                trials = [t for t in st.running_trials(study)
+                          if isinstance(t.system_attrs.get(st.WORKER), dict)
+                          and mine(p.pid)(t.system_attrs[st.WORKER])]
+                failed = st.fail_trials(study, trials, (
+                    f"worker process {p.pid} died ({how}) while running this trial"), retry)
+                ran_any = any(isinstance(t.system_attrs.get(st.WORKER), dict)
+                              and mine(p.pid)(t.system_attrs[st.WORKER])
+                              for t in study.get_trials(deepcopy=False))
+                log.warning(f"worker {num} (pid {p.pid}) died ({how})"
+                            + (f"; trial(s) {failed} failed and re-queued" if failed else ""))
+                if not ran_any:
+                    log.error(f"worker {num} died before running any trial; not replacing it "
+                              f"(see <hydra.sweep.dir>/workers/{num}/ and the output above)")
+                elif stats["restarts"] < max_restarts and has_work():
+                    stats["restarts"] += 1
+                    log.info(f"starting a replacement worker ({stats['restarts']}/{max_restarts})")
+                    start()
+    except KeyboardInterrupt:
+        log.warning("interrupted: stopping the workers (their running trials are re-queued)")
+        for p, _ in procs.values():
+            p.terminate()
+        deadline = time.time() + 30
+        for p, _ in procs.values():
+            p.join(max(0.1, deadline - time.time()))
+            if p.is_alive():
+                p.kill()
+        raise
+    return stats

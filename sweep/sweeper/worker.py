@@ -1,0 +1,376 @@
+"""One sweep worker: ask Optuna for a trial, run it as a Hydra job, tell the result, repeat.
+
+Workers share nothing but the storage, so N of them run without a batch barrier: a worker
+that finishes a fast trial asks for the next one while a slow trial is still running
+elsewhere. ``WorkerTask`` is the Hydra task function of a *worker job* (launched by the
+configured launcher, or by ``local_pool`` for the basic launcher); each trial inside it is
+a Hydra job of its own (``config_loader.load_sweep_config`` + ``hydra.core.utils.run_job``,
+as Hydra's BasicLauncher does), with its run directory ``<hydra.sweep.dir>/<trial number>``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from sweep import hooks
+from sweep import storage as st
+from sweep.sweeper.params import VARIANT, SearchSpace, suggest
+
+log = logging.getLogger(__name__)
+
+
+class TrialFailed(Exception):
+    """The trial failed for the reason given; it is told to Optuna as FAIL."""
+
+
+class TrialSkipped(TrialFailed):
+    """The trial was not run (over budget, or a duplicate of a trial running elsewhere)."""
+
+
+@dataclass
+class SweepPlan:
+    """Everything a worker needs, decided once by the sweeper (picklable)."""
+    study_name: str
+    storage: str
+    objectives: List[str]
+    directions: List[str]
+    space: SearchSpace
+    n_trials: int
+    sampler: str = "tpe"
+    sampler_options: Dict[str, Any] = field(default_factory=dict)
+    seed: Optional[int] = None
+    pruner: str = "none"
+    pruner_options: Dict[str, Any] = field(default_factory=dict)
+    prune_metric: Optional[str] = None
+    constraints: List[Tuple[str, str, float]] = field(default_factory=list)
+    deadline: Optional[float] = None
+    reuse_completed: bool = True
+    heartbeat_interval: Optional[int] = None
+    grace_period: Optional[int] = None
+    max_retry: Optional[int] = 2
+    n_workers: int = 1
+    run_id: str = ""
+
+    def storage_url(self) -> str:
+        """The storage URL; a template with ``${oc.env:...}`` is resolved here, in the worker."""
+        if "${" not in self.storage:
+            return self.storage
+        from omegaconf import OmegaConf
+
+        return str(OmegaConf.create({"url": self.storage}).url)
+
+    def open_study(self, slot: int = 0, generation: int = 0):
+        """Load the study with this worker's sampler (seed + slot) and pruner."""
+        import optuna
+
+        from sweep.sweeper.samplers import make_pruner, make_sampler
+
+        seed = None if self.seed is None else self.seed + slot + 1000 * generation
+        sampler = make_sampler(self.sampler, self.sampler_options, seed=seed,
+                               n_objectives=len(self.objectives), space=self.space,
+                               constrained=bool(self.constraints))
+        pruner = make_pruner(self.pruner, self.pruner_options, n_objectives=len(self.objectives))
+        storage = st.open_storage(self.storage_url(), heartbeat_interval=self.heartbeat_interval,
+                                  grace_period=self.grace_period, max_retry=self.max_retry)
+        return optuna.load_study(study_name=self.study_name, storage=storage, sampler=sampler,
+                                 pruner=pruner)
+
+    def retry(self):
+        return st.RetryCallback(self.max_retry)
+
+
+class OptunaHooks(hooks.TrialHooks):
+    """Per-epoch hooks of a trial run by a worker: report to Optuna and ask the pruner."""
+
+    def __init__(self, trial, metric: Optional[str], prune: bool, single_objective: bool) -> None:
+        self.trial, self.metric, self.prune, self.single = trial, metric, prune, single_objective
+
+    def report(self, epoch: int, metrics: Mapping[str, float]) -> bool:
+        value = metrics.get(self.metric) if self.metric else None
+        if self.single and isinstance(value, (int, float)) and math.isfinite(value):
+            self.trial.report(float(value), step=int(epoch))
+        return bool(self.prune and self.single and self.trial.should_prune())
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> Dict[str, Any]:
+    """The JSON-scalar entries of a metrics dict (what becomes Optuna user attributes)."""
+    out = {}
+    for k, v in metrics.items():
+        if v is None or isinstance(v, (bool, int, str)):
+            out[str(k)] = v
+        elif isinstance(v, float):
+            out[str(k)] = v if math.isfinite(v) else str(v)
+        elif hasattr(v, "item") and callable(v.item):  # numpy / torch scalars
+            try:
+                item = v.item()
+            except (ValueError, RuntimeError):
+                continue
+            out[str(k)] = item if not isinstance(item, float) or math.isfinite(item) else str(item)
+    return out
+
+
+def objective_values(result: Any, objectives: Sequence[str]) -> Tuple[List[float], Dict[str, Any]]:
+    """Read the objective values from a task's return value; raise ``TrialFailed`` with the
+    reason when it cannot (not a dict, missing metric, NaN/inf, status diverged)."""
+    if isinstance(result, Mapping):
+        metrics = dict(result)
+    elif isinstance(result, (int, float)) and not isinstance(result, bool) and len(objectives) == 1:
+        metrics = {objectives[0]: result}
+    else:
+        raise TrialFailed(f"the task returned {type(result).__name__} {str(result)[:200]!r}; "
+                          f"expected a dict of metrics with {', '.join(objectives)}")
+    status = str(metrics.get("status", "ok"))
+    if status not in ("ok", "pruned", "complete", "completed"):
+        detail = metrics.get("fail_reason") or metrics.get("reason") or ""
+        raise TrialFailed(f"trial status {status!r}" + (f": {detail}" if detail else ""))
+    values = []
+    for name in objectives:
+        if name not in metrics:
+            raise TrialFailed(f"objective {name!r} is missing from the task's metrics "
+                              f"(keys: {', '.join(map(str, metrics)) or 'none'})")
+        try:
+            v = float(metrics[name])
+        except (TypeError, ValueError):
+            raise TrialFailed(f"objective {name!r} is {metrics[name]!r}, not a number") from None
+        if not math.isfinite(v):
+            raise TrialFailed(f"objective {name!r} is {v}")
+        values.append(v)
+    return values, metrics
+
+
+class _QuietOptunaFailures(logging.Filter):
+    """Optuna logs every failed trial with a traceback; ours are already logged with reasons."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (("because of the following error: TrialFailed" in msg)
+                    or ("because of the following error: TrialSkipped" in msg)
+                    or (msg.startswith("Trial ") and msg.endswith("failed with value None.")))
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _QuietOptunaFailures) for f in logger.filters):
+        logger.addFilter(_QuietOptunaFailures())
+
+
+def run_worker(plan: SweepPlan, run_trial: "HydraTrialRunner", slot: int = 0,
+               generation: int = 0) -> Dict[str, int]:
+    """The worker loop (``study.optimize`` with a total budget shared through storage).
+
+    Returns counts of the trials this worker told, by outcome.
+    """
+    import optuna
+
+    study = plan.open_study(slot, generation)
+    ident = st.worker_identity(plan.run_id, f"{slot}.{generation}")
+    retry = plan.retry()
+    counts: Dict[str, int] = {}
+    tag = f"[worker {slot}]"
+
+    def has_work() -> bool:
+        if plan.deadline is not None and time.time() >= plan.deadline:
+            return False
+        return st.work_left(study.get_trials(deepcopy=False), plan.n_trials)
+
+    def skip(trial, reason: str) -> None:
+        trial.set_user_attr(st.FAIL_REASON, reason)
+        study._storage.set_trial_system_attr(trial._trial_id, st.SKIPPED, reason)
+        if "grid_id" in study._storage.get_trial(trial._trial_id).system_attrs:
+            # NOTE: GridSampler counts any finished trial as a visited grid point; a skipped
+            # trial visited nothing, so detach it from the grid (Optuna-internal attr name)
+            study._storage.set_trial_system_attr(trial._trial_id, "search_space", {})
+        raise TrialSkipped(reason)
+
+    def objective(trial) -> Any:
+        started = time.time()
+        study._storage.set_trial_system_attr(trial._trial_id, st.WORKER, ident)
+        trials = study.get_trials(deepcopy=False)
+        ahead = sum(1 for t in st.counted_trials(trials) if t.number < trial.number)
+        if ahead >= plan.n_trials or (plan.deadline is not None and started >= plan.deadline):
+            study.stop()
+            skip(trial, "not run: the n_trials budget (or timeout) was used up by other workers")
+        try:
+            assignment = suggest(trial, plan.space)
+            params = trial.params
+            twin = _same_params(trials, trial.number, params)
+            if twin is not None and twin.state == optuna.trial.TrialState.RUNNING \
+                    and twin.number < trial.number and st.WORKER in twin.system_attrs:
+                skip(trial, f"not run: trial {twin.number} runs the same params at the same time")
+            overrides = plan.space.overrides(assignment)
+            own = overrides[len(plan.space.fixed):]
+            trial.set_user_attr("overrides", own)
+            if VARIANT in assignment:
+                trial.set_user_attr("variant", assignment[VARIANT])
+            if twin is not None and twin.state == optuna.trial.TrialState.COMPLETE \
+                    and plan.reuse_completed:
+                for k, v in twin.user_attrs.items():
+                    if k not in ("overrides", "enqueued_as", st.FAIL_REASON):
+                        trial.set_user_attr(k, v)
+                trial.set_user_attr("reused_from", twin.number)
+                _set_constraints(trial, plan, twin.user_attrs)
+                log.info(f"{tag} trial {trial.number}: same params as COMPLETE trial "
+                         f"{twin.number}; reusing its result (not trained again)")
+                return twin.values if len(twin.values) > 1 else twin.values[0]
+            prune_metric = plan.prune_metric or plan.objectives[0]
+            with hooks.use(OptunaHooks(trial, prune_metric, plan.pruner != "none",
+                                       len(plan.objectives) == 1)):
+                ret, run_dir = run_trial(trial, overrides)
+            return _tell_value(trial, ret, run_dir, plan, started, tag)
+        except TrialFailed as e:
+            if not isinstance(e, TrialSkipped):
+                trial.set_user_attr(st.FAIL_REASON, str(e))
+                log.warning(f"{tag} trial {trial.number} FAILED: {e}")
+            raise
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(st.FAIL_REASON, "interrupted (SIGINT/SIGTERM) while running")
+            retry(study, study._storage.get_trial(trial._trial_id))
+            raise
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+            trial.set_user_attr(st.FAIL_REASON, reason)
+            log.error(f"{tag} trial {trial.number} FAILED in the worker: {reason}\n"
+                      + traceback.format_exc())
+            raise TrialFailed(reason) from e
+
+    def after(study_, frozen) -> None:
+        state = frozen.state.name
+        counts[state] = counts.get(state, 0) + 1
+        st.fail_stale_trials(study, retry)
+        if not has_work():
+            study.stop()
+
+    st.fail_stale_trials(study, retry)
+    st.fail_dead_local_trials(study, retry)
+    if not has_work():
+        log.info(f"{tag} nothing left to run")
+        return counts
+    _quiet_optuna()
+    timeout = None if plan.deadline is None else max(plan.deadline - time.time(), 0.001)
+    study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=[after],
+                   gc_after_trial=False)
+    log.info(f"{tag} done: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())))
+    return counts
+
+
+def _same_params(trials: Sequence[Any], number: int, params: Mapping[str, Any]):
+    """The earliest other RUNNING or COMPLETE trial with exactly these params (COMPLETE first)."""
+    from optuna.trial import TrialState
+
+    best = None
+    for t in trials:
+        if t.number == number or t.state not in (TrialState.COMPLETE, TrialState.RUNNING):
+            continue
+        if t.params == dict(params) and t.params.keys() == params.keys():
+            if t.state == TrialState.COMPLETE:
+                return t
+            best = best or t
+    return best
+
+
+def _tell_value(trial, ret, run_dir: str, plan: SweepPlan, started: float, tag: str):
+    import optuna
+    from hydra.core.utils import JobStatus
+
+    trial.set_user_attr("job_time_s", round(time.time() - started, 3))
+    if ret.status == JobStatus.FAILED:
+        e = ret._return_value
+        raise TrialFailed(f"{type(e).__name__}: {e}")
+    try:
+        values, metrics = objective_values(ret.return_value, plan.objectives)
+    except TrialFailed:
+        if isinstance(ret.return_value, Mapping):
+            for k, v in scalar_metrics(ret.return_value).items():
+                if k not in ("overrides", "run_dir"):
+                    trial.set_user_attr(k, v)
+        raise
+    for k, v in scalar_metrics(metrics).items():
+        if k not in ("overrides", "run_dir"):
+            trial.set_user_attr(k, v)
+    _set_constraints(trial, plan, metrics)
+    if str(metrics.get("status", "ok")) == "pruned":
+        raise optuna.TrialPruned(f"pruned after epoch {metrics.get('epochs_run', '?')}")
+    shown = ", ".join(f"{n}={v:.6g}" for n, v in zip(plan.objectives, values))
+    log.info(f"{tag} trial {trial.number} done: {shown} ({time.time() - started:.1f} s)")
+    return values if len(values) > 1 else values[0]
+
+
+def _set_constraints(trial, plan: SweepPlan, metrics: Mapping[str, Any]) -> None:
+    from sweep.sweeper.samplers import constraint_values
+
+    for key, value in constraint_values(plan.constraints, metrics).items():
+        trial.set_constraint(key, value)
+
+
+class HydraTrialRunner:
+    """Run one trial as a Hydra job: compose base config + overrides, ``run_job`` it in
+    ``<hydra.sweep.dir>/<trial number>``, then restore the worker's logging."""
+
+    def __init__(self, hydra_context, master_config, task_function) -> None:
+        self.hydra_context = hydra_context
+        self.master_config = master_config
+        self.task_function = task_function
+
+    def __call__(self, trial, overrides: List[str]):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.utils import JobStatus, configure_log, run_job
+        from omegaconf import OmegaConf, open_dict
+
+        try:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.master_config,
+                                                                     list(overrides))
+        except Exception as e:
+            raise TrialFailed(f"cannot compose the config: {type(e).__name__}: {e}") from None
+        with open_dict(cfg):
+            cfg.hydra.job.id = str(trial.number)
+            cfg.hydra.job.num = trial.number
+        instance = HydraConfig.instance()
+        worker_cfg = instance.cfg
+        try:
+            instance.set_config(cfg)
+            run_dir = os.path.abspath(os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")),
+                                                   str(OmegaConf.select(cfg, "hydra.sweep.subdir"))))
+        finally:
+            instance.cfg = worker_cfg
+        trial.set_user_attr("run_dir", run_dir)
+        try:
+            ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                          config=cfg, job_dir_key="hydra.sweep.dir",
+                          job_subdir_key="hydra.sweep.subdir")
+            if ret.status == JobStatus.FAILED:  # logged while the trial's log file is open
+                e = ret._return_value
+                log.error(f"trial {trial.number} raised {type(e).__name__}: {e}\n"
+                          + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+        finally:
+            if worker_cfg is not None:
+                configure_log(worker_cfg.hydra.job_logging, worker_cfg.hydra.verbose)
+        return ret, run_dir
+
+
+class WorkerTask:
+    """Hydra task function of a worker job: runs ``run_worker`` with the trials as Hydra jobs.
+
+    The worker's slot is its job number modulo ``n_workers`` (its sampler seed is
+    ``seed + slot``); the run directory of the worker job is ``<sweep dir>/workers/<job num>``.
+    """
+
+    def __init__(self, plan: SweepPlan, task_function, hydra_context, master_config) -> None:
+        self.plan = plan
+        self.runner = HydraTrialRunner(hydra_context, master_config, task_function)
+
+    def __call__(self, cfg) -> Dict[str, int]:
+        from hydra.core.hydra_config import HydraConfig
+
+        num = int(HydraConfig.get().job.num)
+        n = max(1, self.plan.n_workers)
+        return run_worker(self.plan, self.runner, slot=num % n, generation=num // n)

@@ -1,0 +1,238 @@
+"""The coordsweep sweeper end to end: a tiny Hydra app (tests/sweep/apps/sleep_app.py) swept
+in real processes into SQLite, then checked through ``optuna.load_study``."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.sweep.apps.harness import (REPO, kill_group, load_study, run_app, start_app, trainlog,
+                                      wait_for)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_discovery_finds_the_sweeper_without_importing_optuna_or_torch():
+    code = ("import sys\n"
+            "from hydra.core.plugins import Plugins\n"
+            "from hydra.plugins.sweeper import Sweeper\n"
+            "names = [f'{c.__module__}.{c.__name__}' for c in Plugins.instance().discover(Sweeper)]\n"
+            "print(names)\n"
+            "print(sorted(m for m in ('optuna', 'torch') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, check=True)
+    names, heavy = out.stdout.strip().splitlines()
+    assert "hydra_plugins.coordsweep_sweeper.coordsweep_sweeper.CoordSweeper" in names
+    assert heavy == "[]"
+
+
+def test_end_to_end_two_workers_into_sqlite(tmp_path):
+    proc = run_app(["x=range(0,3)", "y=choice(0,1)", "duration=0.3",
+                    "hydra.sweeper.n_workers=2"], tmp_path)
+    study = load_study(tmp_path)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    # every config once, each with its own run dir holding its metrics
+    assert sorted((t.params["x"], t.params["y"]) for t in trials) == [
+        (x, y) for x in range(3) for y in range(2)]
+    assert trainlog(tmp_path) == {f"x={x} y={y} group=a label=plain": 1
+                                  for x in range(3) for y in range(2)}
+    for t in trials:
+        assert t.value == pytest.approx(t.params["x"] + 0.1 * t.params["y"])
+        run_dir = Path(t.user_attrs["run_dir"])
+        assert run_dir == tmp_path / "test" / str(t.number)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["madds"] == t.user_attrs["madds"] == 1e6 * t.params["y"] + t.params["x"]
+        assert t.user_attrs["status"] == "ok"
+        assert (run_dir / ".hydra" / "overrides.yaml").exists()
+        assert t.user_attrs["overrides"] == [f"x={t.params['x']}", f"y={t.params['y']}"]
+    # two worker processes, really overlapping in time (no barrier needed to see this)
+    pids = {t.user_attrs["pid"] for t in trials}
+    assert len(pids) == 2
+    a = [t for t in trials if t.user_attrs["pid"] == min(pids)]
+    b = [t for t in trials if t.user_attrs["pid"] == max(pids)]
+    assert any(x.datetime_start < y.datetime_complete and y.datetime_start < x.datetime_complete
+               for x in a for y in b)
+    results = (tmp_path / "test" / "optimization_results.yaml").read_text()
+    assert "COMPLETE: 6" in results and "number:" in results
+    assert "sampler grid" in proc.stderr + proc.stdout
+
+    # the same command again: nothing is trained again
+    proc = run_app(["x=range(0,3)", "y=choice(0,1)", "duration=0.3",
+                    "hydra.sweeper.n_workers=2"], tmp_path)
+    assert "already has its n_trials" in proc.stdout + proc.stderr
+    assert sum(trainlog(tmp_path).values()) == 6
+    # a larger budget: random draws of configs that already completed reuse the stored
+    # results instead of training
+    run_app(["x=range(0,3)", "y=choice(0,1)", "duration=0.3", "hydra.sweeper.n_trials=10",
+             "hydra.sweeper.sampler.name=random"], tmp_path)
+    trials = load_study(tmp_path).get_trials()
+    assert len(trials) == 10 and all(t.state == TrialState.COMPLETE for t in trials)
+    reused = [t for t in trials if "reused_from" in t.user_attrs]
+    assert len(reused) == 4
+    for t in reused:
+        src = trials[t.user_attrs["reused_from"]]
+        assert src.params == t.params and src.values == t.values
+        assert t.user_attrs["run_dir"] == src.user_attrs["run_dir"]
+    assert sum(trainlog(tmp_path).values()) == 6
+    # another fixed value is another experiment: refused, not mixed into this study
+    proc = run_app(["x=range(0,3)", "y=choice(0,1)", "duration=0.5"], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert ("study 'test' in sqlite:///" in proc.stderr
+            and "was created by a different sweep (fixed: stored ['duration=0.3'], now "
+                "['duration=0.5'])" in proc.stderr)
+    assert "Traceback" not in proc.stderr
+
+
+def test_failures_are_told_with_reasons_and_the_sweep_goes_on(tmp_path):
+    run_app(["x=range(0,5)", "modes={x1:raise,x2:nan,x3:kill,x4:diverged}",
+             "hydra.sweeper.n_workers=2", "hydra.sweeper.max_retry=1"], tmp_path)
+    trials = load_study(tmp_path).get_trials()
+    by_x = {}
+    for t in trials:
+        by_x.setdefault(t.params.get("x"), []).append(t)
+    assert [t.state for t in by_x[0]] == [TrialState.COMPLETE]
+    (t1,), (t2,), (t4,) = by_x[1], by_x[2], by_x[4]
+    assert t1.state == TrialState.FAIL
+    assert t1.user_attrs["fail_reason"].startswith("RuntimeError: boom in trial with x=1")
+    assert t2.state == TrialState.FAIL and t2.user_attrs["fail_reason"] == "objective 'val_top1' is nan"
+    assert t4.state == TrialState.FAIL and t4.user_attrs["fail_reason"] == "trial status 'diverged'"
+    assert t4.user_attrs["madds"] == 4.0  # metrics of a failed trial are kept
+    # the SIGKILLed trial failed with its reason and was retried once (max_retry=1)
+    killed = by_x[3]
+    assert [t.state for t in killed] == [TrialState.FAIL, TrialState.FAIL]
+    for t in killed:
+        assert "died (killed by SIGKILL) while running this trial" in t.user_attrs["fail_reason"]
+    assert killed[1].system_attrs["failed_trial"] == killed[0].number
+    assert killed[1].system_attrs["retry_history"] == [killed[0].number]
+    assert len(trials) == 6
+    log = (tmp_path / "test" / str(t1.number) / "sleep_app.log").read_text()
+    assert "RuntimeError: boom" in log and "Traceback" in log
+
+
+def test_killed_worker_is_replaced_and_its_trial_retried_in_the_same_run(tmp_path):
+    run_app(["x=range(0,4)", "modes={x2:kill_once}", "hydra.sweeper.n_workers=2"], tmp_path)
+    trials = load_study(tmp_path).get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["x"] for t in done) == [0, 1, 2, 3]
+    (dead,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert dead.params == {"x": 2}
+    assert "killed by SIGKILL" in dead.user_attrs["fail_reason"]
+    retry = next(t for t in done if t.params["x"] == 2)
+    assert retry.system_attrs["failed_trial"] == dead.number
+    assert trainlog(tmp_path)["x=2 y=0 group=a label=plain"] == 2
+    assert all(n == 1 for k, n in trainlog(tmp_path).items() if not k.startswith("x=2 "))
+
+
+def test_resume_after_the_whole_sweep_was_killed(tmp_path):
+    args = ["x=range(0,6)", "modes={x3:hang_once}", "duration=0.2", "hydra.sweeper.n_workers=2"]
+    proc = start_app(args, tmp_path)
+    try:
+        wait_for(tmp_path / "hang-3")
+        # let the other worker finish some trials, then SIGKILL everything (sweeper + workers)
+        study = None
+        for _ in range(100):
+            study = load_study(tmp_path)
+            if len(study.get_trials(states=(TrialState.COMPLETE,))) >= 2:
+                break
+            import time
+            time.sleep(0.1)
+    finally:
+        kill_group(proc)
+    before = {t.number: t for t in load_study(tmp_path).get_trials()}
+    finished = {n: t for n, t in before.items() if t.state == TrialState.COMPLETE}
+    assert len(finished) >= 2
+    assert any(t.state == TrialState.RUNNING and t.params == {"x": 3} for t in before.values())
+    trained_before = trainlog(tmp_path)
+
+    run_app(args, tmp_path)
+    trials = load_study(tmp_path).get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["x"] for t in done) == [0, 1, 2, 3, 4, 5]
+    # finished trials survived untouched and were not trained again
+    for n, t in finished.items():
+        assert trials[n].state == TrialState.COMPLETE and trials[n].values == t.values
+    after = trainlog(tmp_path)
+    for key, count in trained_before.items():
+        if key.startswith("x=3 "):
+            assert after[key] == 2  # the interrupted one ran again, once
+        elif any(t.params["x"] == int(key.split()[0][2:]) for t in finished.values()):
+            assert after[key] == count == 1
+    # the trials running when everything was killed failed with the reason, and were retried
+    dead = [t for t in trials if t.state == TrialState.FAIL]
+    assert {t.number for t in dead} == {n for n, t in before.items() if t.state == TrialState.RUNNING}
+    for t in dead:
+        assert "worker process is gone" in t.user_attrs["fail_reason"]
+        assert any(r.system_attrs.get("failed_trial") == t.number and r.state == TrialState.COMPLETE
+                   for r in trials)
+
+
+def test_conflicting_fixed_value_and_sweep_stops_before_training(tmp_path):
+    proc = run_app(["x=3", "+hydra.sweeper.params.x='choice(1,2,3)'"], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "x is fixed to '3' on the command line but swept as 'choice(1,2,3)'" in proc.stderr
+    assert not (tmp_path / "trainlog.txt").exists()
+
+
+def test_unknown_key_stops_before_training(tmp_path):
+    proc = run_app(["nosuchkey=choice(1,2)"], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "a trial config does not compose" in proc.stderr and "nosuchkey" in proc.stderr
+    assert not (tmp_path / "trainlog.txt").exists()
+
+
+def test_pruning_through_the_trial_hooks(tmp_path):
+    run_app(["x=choice(0,1,3)", "epochs=5", "hydra.sweeper.pruner.name=threshold",
+             "+hydra.sweeper.pruner.options.upper=2.5"], tmp_path)
+    trials = {t.params["x"]: t for t in load_study(tmp_path).get_trials()}
+    assert trials[0].state == TrialState.COMPLETE
+    assert trials[0].intermediate_values == {e: 0.0 for e in range(1, 6)}
+    # x=1 reports 1,2,3 -> pruned at epoch 3; x=3 reports 3 -> pruned at epoch 1
+    assert trials[1].state == TrialState.PRUNED and max(trials[1].intermediate_values) == 3
+    assert trials[3].state == TrialState.PRUNED and list(trials[3].intermediate_values) == [1]
+
+
+def test_variants_enqueue_conditions_and_two_objectives(tmp_path):
+    run_app(["search_space=mo", "hydra.sweeper.n_workers=2"], tmp_path)
+    study = load_study(tmp_path, "mo")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    trials = study.get_trials()
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 8
+    first = trials[0]
+    assert first.user_attrs["enqueued_as"] == "first" and first.params == {"group": "b", "x": 2}
+    for t in trials:
+        # group.only_a is a field of group=a only: never sampled for b
+        assert ("group.only_a" in t.params) == (t.params["group"] == "a")
+        assert t.constraints == {"madds<=1.5": t.user_attrs["madds"] - 1.5}
+    assert study.best_trials
+
+
+@pytest.mark.parametrize("args, message", [
+    (["x=1,2", "hydra.sweeper.sampler.name=cmaes", "+hydra.sweeper.objectives.madds=minimize"],
+     "cmaes handles a single objective"),
+    (["x=1,2", "hydra.sweeper.sampler.name=grid", "+hydra.sweeper.constraints=['madds <= 1']"],
+     "constraints need a sampler with constraints support"),
+    (["x=1,2", "+hydra.sweeper.sampler.options.nope=1"], "nope is not an option of GridSampler"),
+    (["x=interval(0,1)"], "hydra.sweeper.n_trials is required"),
+    (["x=glob(*)"], "glob(...) is not supported"),
+    (["x=1,2", "hydra.sweeper.storage=redis://localhost"], "allowed forms"),
+])
+def test_config_errors_before_any_training(tmp_path, args, message):
+    proc = run_app(args, tmp_path, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "trainlog.txt").exists()
+
+
+def test_joblib_launcher_runs_each_worker_as_a_launcher_job(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    run_app(["x=range(0,4)", "duration=0.3", "hydra/launcher=joblib",
+             "hydra.launcher.n_jobs=2", "hydra.sweeper.n_workers=2"], tmp_path)
+    trials = load_study(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert len({t.user_attrs["pid"] for t in trials}) == 2
+    assert sorted(p.name for p in (tmp_path / "test" / "workers").iterdir()) == ["0", "1"]
