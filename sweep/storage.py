@@ -106,11 +106,20 @@ def resolve_storage(storage: Optional[str], sweep_dir: str) -> str:
         from sqlalchemy.engine import make_url
 
         parsed = make_url(url)
-        parsed.get_dialect()  # unknown dialect / missing driver -> error here
+        dialect = parsed.get_dialect()  # unknown dialect -> error here
     except Exception as e:
         raise ConfigError(f"{STORAGE_KEY}={shown!r} is not a storage URL "
                           f"({mask_text(type(e).__name__ + ': ' + str(e), secrets_of(url))}); "
                           f"allowed forms: {ALLOWED_FORMS}") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; psycopg2 is what we install
+        if parsed.drivername == "postgresql" and _importable("psycopg2"):
+            return "postgresql+psycopg2" + url[len("postgresql"):]
+        raise ConfigError(f"{STORAGE_KEY}={shown!r}: the database driver is not installed "
+                          f"({e}); install it (e.g. pip install psycopg2-binary) or name an "
+                          f"installed one (postgresql+psycopg2://...)") from None
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
         if not db or db == ":memory:" or db.startswith("file::memory:"):
@@ -118,6 +127,12 @@ def resolve_storage(storage: Optional[str], sweep_dir: str) -> str:
                               f"by workers; allowed forms: {ALLOWED_FORMS}")
         return "sqlite:///" + os.path.abspath(db)
     return url
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def open_storage(url: str, *, heartbeat_interval: Optional[int] = None,

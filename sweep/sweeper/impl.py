@@ -182,7 +182,9 @@ class CoordSweeperImpl:
     def _storage_template(self, url: str) -> str:
         raw = OmegaConf.to_container(self.config.hydra.sweeper, resolve=False).get("storage")
         if isinstance(raw, str) and "${" in raw and not url.startswith(("sqlite:", "journal:")):
-            return raw  # resolved in each worker: the password stays out of pickles on disk
+            # resolved in each worker: the password stays out of pickles on disk
+            scheme, given = url.split("://", 1)[0], raw.split("://", 1)[0]
+            return scheme + raw[len(given):] if given != scheme else raw
         return url
 
     def plan(self, arguments: List[str]) -> tuple:
@@ -297,7 +299,7 @@ class CoordSweeperImpl:
             plan, study, masked, size, url = self.plan(list(arguments))
         except ConfigError as e:
             raise SweepConfigError(str(e)) from None
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(masked, sweep_dir / "multirun.yaml")
 
@@ -353,7 +355,9 @@ class CoordSweeperImpl:
         max_launches = 1 + int(self.conf.get("max_worker_restarts") or 0)
         while launches < max_launches and has_work():
             before = len(study.get_trials(deepcopy=False))
-            jobs = [[f"hydra.sweep.subdir=workers/{first + k}"] for k in range(plan.n_workers)]
+            from sweep.sweeper.local_pool import worker_job_overrides
+
+            jobs = [worker_job_overrides(plan, first + k) for k in range(plan.n_workers)]
             try:
                 rets = launcher.launch(jobs, initial_job_idx=first)
                 for r in rets:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import multiprocessing.connection
 import signal
 import sys
@@ -28,6 +27,12 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def worker_job_overrides(plan, job_num: int) -> list:
+    """Overrides of a worker job: the sweep's fixed task overrides (so the job composes like
+    the trials do) and its run directory ``<hydra.sweep.dir>/workers/<job num>``."""
+    return list(plan.space.fixed) + [f"hydra.sweep.subdir=workers/{job_num}"]
+
+
 def _child_main(payload: bytes, job_num: int) -> None:
     """Entry point of a worker process (spawned): rebuild Hydra's state, run the worker job."""
     import cloudpickle
@@ -41,7 +46,7 @@ def _child_main(payload: bytes, job_num: int) -> None:
     setup_globals()
     try:
         cfg = hydra_context.config_loader.load_sweep_config(
-            master_config, [f"hydra.sweep.subdir=workers/{job_num}"])
+            master_config, worker_job_overrides(task.plan, job_num))
         with open_dict(cfg):
             cfg.hydra.job.id = f"worker{job_num}"
             cfg.hydra.job.num = job_num
@@ -58,11 +63,8 @@ def _child_main(payload: bytes, job_num: int) -> None:
 
 
 def _exit(code: int) -> None:
-    """Leave without interpreter teardown (seconds with torch loaded); results are committed."""
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    sys.exit(code)
 
 
 def _describe_exit(code: Optional[int]) -> str:
@@ -136,4 +138,10 @@ def run_local_workers(payload: bytes, n_workers: int, study, plan, *,
             if p.is_alive():
                 p.kill()
         raise
+    if stats["died"] == stats["started"] and not any(
+            isinstance(t.system_attrs.get(st.WORKER), dict)
+            and t.system_attrs[st.WORKER].get("run") == plan.run_id
+            for t in study.get_trials(deepcopy=False)):
+        raise RuntimeError("every worker process died before running a trial; see the errors "
+                           "above and <hydra.sweep.dir>/workers/")
     return stats

@@ -232,6 +232,11 @@ def run_worker(plan: SweepPlan, run_trial: "HydraTrialRunner", slot: int = 0,
             raise
         except optuna.TrialPruned:
             raise
+        except SystemExit as e:
+            reason = f"the task called sys.exit({e.code!r})"
+            trial.set_user_attr(st.FAIL_REASON, reason)
+            log.warning(f"{tag} trial {trial.number} FAILED: {reason}")
+            raise TrialFailed(reason) from None
         except KeyboardInterrupt:
             trial.set_user_attr(st.FAIL_REASON, "interrupted (SIGINT/SIGTERM) while running")
             retry(study, study._storage.get_trial(trial._trial_id))
