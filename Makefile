@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.coordsweep-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all sweep cost bench clean
+.PHONY: install postgres test test-all sweep cost bench clean
 
 install: $(STAMP)
 
@@ -18,10 +18,16 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
-test: $(STAMP)
+# PostgreSQL for the multi-worker storage tests (they start a throwaway cluster on 127.0.0.1
+# as the postgres user); Debian keeps initdb in /usr/lib/postgresql/<version>/bin.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
+
+test: $(STAMP) postgres
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-all: $(STAMP)
+test-all: $(STAMP) postgres
 	$(PY) -m pytest -q --runslow $(PYTEST_ARGS)
 
 sweep: $(STAMP)
