@@ -141,11 +141,13 @@ def pareto_front(configs: pd.DataFrame, accuracy: str, axis: str, *,
     _, unit, scale = COST_AXES[axis]
     cols = ["config_id", "config", "label", "n_seeds", f"{accuracy}_mean", f"{accuracy}_lo",
             f"{accuracy}_hi", axis]
-    if configs.empty or axis not in configs.columns or f"{accuracy}_mean" not in configs.columns:
-        return ParetoFront(axis, unit, accuracy, pd.DataFrame(columns=["config_id", "config", "label", "n",
-                                                                      "cost", "mean", "lo", "hi",
-                                                                      "on_front", "possibly_optimal"]),
-                           reference_note="no configuration has both accuracy and cost")
+    empty = pd.DataFrame(columns=["config_id", "config", "label", "n", "cost", "mean", "lo", "hi",
+                                  "on_front", "possibly_optimal"])
+    if configs.empty or f"{accuracy}_mean" not in configs.columns or configs[f"{accuracy}_mean"].isna().all():
+        return ParetoFront(axis, unit, accuracy, empty, reference_note="no configuration has completed yet")
+    if axis not in configs.columns or configs[axis].isna().all():
+        return ParetoFront(axis, unit, accuracy, empty,
+                           reference_note=f"not recorded by these trials (no '{axis}' metric)")
     t = configs[[c for c in cols if c in configs.columns]].copy()
     t = t.rename(columns={"n_seeds": "n", f"{accuracy}_mean": "mean", f"{accuracy}_lo": "lo",
                           f"{accuracy}_hi": "hi", axis: "cost"})
@@ -155,7 +157,8 @@ def pareto_front(configs: pd.DataFrame, accuracy: str, axis: str, *,
     t["on_front"] = pareto_mask(t["mean"], t["cost"])
     t["possibly_optimal"] = possibly_optimal(t["mean"], t["hi"], t["cost"], t["on_front"])
     if t.empty:
-        return ParetoFront(axis, unit, accuracy, t, reference_note="no complete configuration")
+        return ParetoFront(axis, unit, accuracy, t,
+                           reference_note="no configuration has both accuracy and this cost")
     if chance is not None:
         r_acc, note_acc = float(chance), f"chance accuracy {chance:.3g}%"
     else:

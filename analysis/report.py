@@ -215,13 +215,14 @@ def _pct(v: float, digits: int = 1) -> str:
 
 
 def _acc(mean: float, lo: float, hi: float, n: Any = None) -> str:
+    """``62.10% [61.50, 62.70], 5 seeds``."""
     if not math.isfinite(mean):
         return "n/a"
     text = f"{mean:.2f}%"
     if math.isfinite(lo) and math.isfinite(hi):
         text += f" [{lo:.2f}, {hi:.2f}]"
     if n is not None:
-        text += f", n={int(n)}"
+        text += f", {int(n)} seed{'s' if int(n) != 1 else ''}"
     return text
 
 
@@ -326,7 +327,7 @@ def _front_sentence(front: ParetoFront) -> str:
     name = COST_AXES[front.axis][0]
     t = front.table
     if t.empty:
-        return f"{name}: no configuration has both accuracy and this cost yet."
+        return f"Best for its {name}: {front.reference_note}."
     f = t[t["on_front"]].sort_values("cost")
     parts = [f"{_short(r['label'])} ({r['cost']:.4g} {front.unit}, {_acc(r['mean'], r['lo'], r['hi'], r['n'])})"
              for _, r in f.head(8).iterrows()]
@@ -335,8 +336,11 @@ def _front_sentence(front: ParetoFront) -> str:
     single = int((t["n"] < 2).sum())
     text = (f"Best for its {name}: the front has {len(f)} configuration{'s' if len(f) != 1 else ''}, "
             f"cheapest first: " + "; ".join(parts) + more + ". ")
-    text += (f"{possible} more {'is' if possible == 1 else 'are'} possibly optimal (95% interval reaches the front). "
-             if possible else "No other configuration's 95% interval reaches the front. ")
+    off_with_interval = int((~t["on_front"] & (t["n"] >= 2)).sum())
+    if possible:
+        text += f"{possible} more {'is' if possible == 1 else 'are'} possibly optimal (95% interval reaches the front). "
+    elif off_with_interval:
+        text += "No other configuration's 95% interval reaches the front. "
     if single:
         text += f"{single} configuration{'s have' if single != 1 else ' has'} one seed only (no interval). "
     return text + f"Hypervolume {front.hypervolume:.4g} ({front.reference_note})."
@@ -355,7 +359,7 @@ def _best_sentence(res: Results) -> Optional[str]:
     best = c.loc[c[f"{acc}_mean"].idxmax()]
     lo = best[f"{acc}_lo"]
     text = (f"Most accurate: {_short(best['label'])}, {metric_label(acc)} "
-            f"{_acc(best[f'{acc}_mean'], lo, best[f'{acc}_hi'], best['n_seeds'])} seeds"
+            f"{_acc(best[f'{acc}_mean'], lo, best[f'{acc}_hi'], best['n_seeds'])}"
             + (f", {best['madds'] / 1e6:.4g} M madds" if math.isfinite(best.get("madds", math.nan)) else "") + ". ")
     if math.isfinite(lo):
         tied = c[(c["config"] != best["config"]) & (c[f"{acc}_hi"] >= lo)]

@@ -382,6 +382,9 @@ def load_results(source: str | os.PathLike, study_name: Optional[str] = None) ->
                 if doc is not None:
                     run_dir = str(d)
                     break
+        else:
+            if len(candidates) == 2 and not candidates[0].exists() and candidates[1].is_dir():
+                run_dir = str(candidates[1])  # the sweep dir was moved
         if doc is not None:
             docs[t.number] = doc
         metrics = dict((doc or {}).get("metrics") or {})
