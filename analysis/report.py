@@ -182,7 +182,7 @@ def _anchor(text: str) -> str:
 
 
 def _md_text(text: str) -> str:
-    return str(text).replace("*", "\\*").replace("_", "\\_").replace("<", "&lt;")
+    return str(text).replace("*", "\\*").replace("_", "\\_").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _md_cell(text: Any) -> str:
@@ -446,6 +446,8 @@ def build_report(source: str | os.PathLike, study_name: Optional[str] = None,
 
 def _answers(res: Results, fronts: Mapping[str, ParetoFront], comps: Sequence[Comparison],
              summaries: Mapping[str, str]) -> List[str]:
+    if res.counts().get("complete", 0) == 0:
+        return [_no_comparison_reason(res)]
     lines = []
     best = _best_sentence(res)
     if best:
@@ -461,13 +463,13 @@ def _answers(res: Results, fronts: Mapping[str, ParetoFront], comps: Sequence[Co
 
 
 def _no_comparison_reason(res: Results) -> str:
+    if res.counts().get("complete", 0) == 0:
+        return "No trial has completed yet: nothing to answer."
     if res.kind == "single":
         return "No design factor was swept (only seeds): there is nothing to compare."
     if res.reference is None:
         return ("No reference configuration (paper default) was found: factor effects need one "
                 "(enqueue a paper_default trial or name a variant paper_default).")
-    if res.counts().get("complete", 0) == 0:
-        return "No trial has completed yet: nothing to compare."
     return "No comparison could be formed from the completed trials."
 
 

@@ -584,8 +584,9 @@ def _aggregate(trials: pd.DataFrame, params: List[str], accuracy: str,
     done = t[(t["state"] == "complete") & t["counted"]]
     g = done.groupby("config")
     out["n_seeds"] = g.size().reindex(out.index).fillna(0).astype(int)
-    out["seeds"] = g["seed"].agg(lambda x: " ".join(str(v) for v in sorted(x.dropna().unique().tolist(), key=str))
-                                 ).reindex(out.index).fillna("")
+    seeds = {k: " ".join(str(v) for v in sorted(x.dropna().unique().tolist(), key=str))
+             for k, x in g["seed"]}
+    out["seeds"] = [seeds.get(k, "") for k in out.index]
     for p in params:
         if p != SEED and p in first.columns:
             out[p] = first[p]
