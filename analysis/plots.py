@@ -213,9 +213,10 @@ def learning_curves_plot(res: Results, max_curves: int = 40, seed: int = 0) -> O
             ax.plot(c[:, 0], c[:, 1], color="#333333" if kind == "ref" else _BLUE,
                     lw=1.6 if kind == "ref" else 0.7, alpha=0.9 if kind == "ref" else 0.35,
                     label=labels.pop(kind, None))
-        for n in pruned[:max_curves]:
-            c = curves[n]
-            ax.plot(c[:, 0], c[:, 1], color=_RED, lw=0.7, alpha=0.4)
+        if len(pruned) <= 15:  # beyond that the x marks alone stay readable
+            for n in pruned:
+                c = curves[n]
+                ax.plot(c[:, 0], c[:, 1], color=_RED, lw=0.7, alpha=0.4)
         if pruned:
             last = np.asarray([curves[n][-1] for n in pruned])
             ax.scatter(last[:, 0], last[:, 1], marker="x", color=_RED, s=28, zorder=4,
@@ -250,16 +251,12 @@ def history_plot(res: Results) -> Optional[bytes]:
         pr = t[(t["state"] == "pruned") & t[acc].notna()]
         if len(pr):
             ax.scatter(pr["number"], pr[acc], s=14, marker="x", color=_RED, label="pruned (last value)")
-        failed = t[t["state"] == "failed"]
-        if len(failed):
-            lo = float(np.nanmin(done[acc]))
-            ax.plot(failed["number"], np.full(len(failed), lo), "|", color=_RED, ms=10, alpha=0.7,
-                    label=f"failed ({len(failed)})")
-        running = t[t["state"] == "running"]
-        if len(running):
-            lo = float(np.nanmin(done[acc]))
-            ax.plot(running["number"], np.full(len(running), lo), "|", color=_ORANGE, ms=10,
-                    label=f"running ({len(running)})")
+        bottom = ax.get_xaxis_transform()  # x in data, y in axes fraction: ticks along the bottom
+        for state, color, y in (("failed", _RED, 0.03), ("running", _ORANGE, 0.07)):
+            rows = t[t["state"] == state]
+            if len(rows):
+                ax.plot(rows["number"], np.full(len(rows), y), "|", color=color, ms=9, alpha=0.8,
+                        transform=bottom, label=f"{state} ({len(rows)})")
         ax.set_xlabel("trial number")
         ax.set_ylabel(f"{metric_label(acc)} (%)")
         ax.set_title("Optimization history", fontsize=10)

@@ -448,7 +448,7 @@ def _answers(res: Results, fronts: Mapping[str, ParetoFront], comps: Sequence[Co
              summaries: Mapping[str, str]) -> List[str]:
     if res.counts().get("complete", 0) == 0:
         return [_no_comparison_reason(res)]
-    lines = []
+    lines = [_bottom_line(comps)] if comps else []
     best = _best_sentence(res)
     if best:
         lines.append(best)
@@ -460,6 +460,30 @@ def _answers(res: Results, fronts: Mapping[str, ParetoFront], comps: Sequence[Co
     if not comps:
         lines.append(_no_comparison_reason(res))
     return lines
+
+
+def _bottom_line(comps: Sequence[Comparison]) -> str:
+    """One sentence: which design changes beat the reference, which lose, how many are open."""
+    better = [c for c in comps if c.significant and c.difference.diff > 0]
+    worse = [c for c in comps if c.significant and c.difference.diff < 0]
+    thin = [c for c in comps if c.thin]
+    ref = "the reference"
+
+    def name(c: Comparison) -> str:
+        cost = c.cost.get("madds")
+        extra = f", {_pct(cost)}% madds" if cost is not None and math.isfinite(cost) else ""
+        return f"{short_name(c.factor)}={c.level} ({_pct(c.difference.diff)} pts{extra})"
+
+    if better:
+        text = (f"Bottom line: {len(better)} of {len(comps)} design changes beat {ref} significantly: "
+                + "; ".join(name(c) for c in sorted(better, key=lambda c: -c.difference.diff)) + ".")
+    else:
+        text = f"Bottom line: none of the {len(comps)} design changes beats {ref} significantly."
+    if worse:
+        text += f" {len(worse)} {'is' if len(worse) == 1 else 'are'} significantly worse."
+    if thin:
+        text += f" {len(thin)} {'has' if len(thin) == 1 else 'have'} too little evidence to answer."
+    return text
 
 
 def _no_comparison_reason(res: Results) -> str:
@@ -502,7 +526,8 @@ def _document(res: Results, fronts, comps, summaries, imp: Importance, figures, 
     d.h(2, "Answers")
     d.p("Which CA design is best for its cost, and how sure are we?")
     best = _best_sentence(res)
-    head = ([best] if best else []) + [_front_sentence(f) for f in fronts.values()]
+    head = ([_bottom_line(comps)] if comps else []) + ([best] if best else []) \
+        + [_front_sentence(f) for f in fronts.values()]
     d.ul(head)
     d.h(3, "Each design factor")
     if comps:

@@ -63,7 +63,10 @@ def test_answers_name_the_verdicts(report):
                      r"\(n=5 pairs, paired t-test, Holm p<0\.001\); \+0\.0% madds", text)
     assert re.search(r"act=relu vs h_swish: .* not significant \(n=5 pairs", text)
     assert "gate=softmax_hw vs sigmoid" in text and "too thin to answer: only 2 paired seeds" in text
-    assert text.startswith("Most accurate: attention.pool=max") or "Most accurate: pool=max" in text
+    assert re.fullmatch(r"Bottom line: 1 of 3 design changes beat the reference significantly: "
+                        r"pool=max \(\+[23]\.\d pts, \+0\.0% madds\)\. 1 has too little evidence "
+                        r"to answer\.", report.answers[0])
+    assert report.answers[1].startswith("Most accurate: pool=max, val top-1 ")
     assert "Best for its multiply-adds: the front has" in text and "Hypervolume" in text
     html = report.html.read_text()
     for line in report.answers:
@@ -121,7 +124,8 @@ def test_cli_prints_answers_and_paths(report, tmp_path, capsys):
     src = report.out_dir.parent
     assert main([str(src), "--out", str(tmp_path / "cli"), "--min-epochs", "3"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Answers:\n* Most accurate:")
+    assert out.startswith("Answers:\n* Bottom line: 1 of 3 design changes beat the reference")
+    assert "\n* Most accurate: pool=max" in out
     assert "  - pool=max vs avg:" in out
     assert f"Report: {tmp_path / 'cli' / 'report.html'}" in out
 
