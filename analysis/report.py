@@ -338,7 +338,8 @@ def _front_sentence(front: ParetoFront) -> str:
             f"cheapest first: " + "; ".join(parts) + more + ". ")
     off_with_interval = int((~t["on_front"] & (t["n"] >= 2)).sum())
     if possible:
-        text += f"{possible} more {'is' if possible == 1 else 'are'} possibly optimal (95% interval reaches the front). "
+        text += (f"{possible} more {'is' if possible == 1 else 'are'} possibly optimal "
+                 f"(95% interval reaches the front). ")
     elif off_with_interval:
         text += "No other configuration's 95% interval reaches the front. "
     if single:

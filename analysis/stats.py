@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from analysis.results import (PAPER_DEFAULT, SEED, VARIANT, Results, normalize_value, short_name,
+from analysis.results import (PAPER_DEFAULT, VARIANT, Results, normalize_value, short_name,
                               variant_overrides)
 
 __all__ = ["holm", "Difference", "paired_difference", "unpaired_difference", "Comparison",

@@ -406,6 +406,7 @@ def joint_study(sweep_dir: str | Path, *, n_trials: int = 1000, effects: Optiona
         specs.append(TrialSpec(params, d, state=state, metrics=metrics, history=hist,
                                overrides=[f"{k}={_fmt(v)}" for k, v in params.items()],
                                attention=att, seed=0, user_attrs=ua, values=values, epochs=epochs))
-    signature = {"fixed": ["attention=ca"], "variants": {}, "requires": {"attention.gem_p": {"attention.pool": ["gem"]}}}
+    signature = {"fixed": ["attention=ca"], "variants": {},
+                 "requires": {"attention.gem_p": {"attention.pool": ["gem"]}}}
     return write_study(sweep_dir, study_name, specs, objectives={"val_top1": "maximize", "madds": "minimize"},
                        signature=signature)

@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.distributions import CategoricalDistribution
+from scipy import stats
 
 from analysis.results import load_results, open_source, t_interval
 from analysis.synthetic import TrialSpec, baselines_study, ofat_study, write_study
@@ -62,9 +63,10 @@ def test_config_table_aggregates_seeds(ofat_dir):
     assert (row["val_top1_mean"], row["val_top1_sd"], row["val_top1_lo"], row["val_top1_hi"]) == \
         pytest.approx((np.mean(vals), np.std(vals, ddof=1), lo, hi))
     # scipy's t-interval
-    ci = __import__("scipy").stats.t.interval(0.95, 2, loc=np.mean(vals), scale=np.std(vals, ddof=1) / np.sqrt(3))
+    ci = stats.t.interval(0.95, 2, loc=np.mean(vals), scale=np.std(vals, ddof=1) / np.sqrt(3))
     assert (lo, hi) == pytest.approx(ci)
-    assert row["seeds"] == "0 1 2" and row["madds"] == pytest.approx(t.loc[t["label"] == "attention.pool=max", "madds"].mean())
+    assert row["seeds"] == "0 1 2"
+    assert row["madds"] == pytest.approx(t.loc[t["label"] == "attention.pool=max", "madds"].mean())
 
 
 def test_t_interval_edge_cases():
