@@ -157,20 +157,53 @@ def open_storage(url: str, *, heartbeat_interval: Optional[int] = None,
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 return JournalStorage(JournalFileBackend(path))
             kwargs: Dict[str, Any] = {}
-            if url.startswith("sqlite:"):
-                os.makedirs(os.path.dirname(url[len("sqlite:///"):]) or ".", exist_ok=True)
+            sqlite = url.startswith("sqlite:")
+            if sqlite:
+                path = url[len("sqlite:///"):]
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                _sqlite_wal(path)
                 kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
             else:
                 kwargs["engine_kwargs"] = {"pool_pre_ping": True}
             if heartbeat_interval:
                 kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                               heartbeat_stale_trial_callback=RetryCallback(max_retry))
-            return optuna.storages.RDBStorage(url, **kwargs)
+            storage = optuna.storages.RDBStorage(url, **kwargs)
+            if sqlite:
+                _sqlite_no_fsync_per_commit(storage.engine)
+            return storage
     except ConfigError:
         raise
     except Exception as e:
         raise ConfigError(f"{STORAGE_KEY}={mask_url(url)!r}: cannot open the storage: "
                           f"{mask_text(type(e).__name__ + ': ' + str(e), secrets)}") from None
+
+
+def _sqlite_wal(path: str) -> None:
+    """Write-ahead log mode (persistent in the file): readers never block the writer, and
+    workers commit without waiting for each other's fsync."""
+    import sqlite3
+
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def _sqlite_no_fsync_per_commit(engine) -> None:
+    """``synchronous=NORMAL`` on every connection: with WAL, a commit survives any process
+    crash (SIGKILL included) and only a power loss may undo the last commits; this makes a
+    commit ~100x cheaper than the default fsync per commit (15-25 commits per trial)."""
+    from sqlalchemy import event
+
+    def pragma(dbapi_connection, record) -> None:
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    event.listen(engine, "connect", pragma)
+    engine.dispose()  # connections opened during setup reconnect with the pragma
 
 
 # -- retry, worker identity, failing trials ---------------------------------------------------

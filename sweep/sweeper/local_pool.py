@@ -1,7 +1,8 @@
 """Worker processes on this machine, for Hydra's basic launcher (which runs jobs one after
 the other in-process: no parallelism, and a trial that kills its process kills the sweep).
 
-Each worker is a spawned process running one worker job (``WorkerTask`` through Hydra's
+Each worker is a process forked from a fork server (started fresh, with the imports done
+once; the sweeper's own process is never forked) running one worker job (``WorkerTask`` through Hydra's
 ``run_job``, as a launcher would). The supervisor waits on the processes; when one dies
 (a trial SIGKILLed it, OOM, segfault) it fails that worker's running trial at once with the
 reason, re-queues it (``RetryCallback``) and starts a replacement, so finished trials are
@@ -27,6 +28,11 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+# the user's script (run.py), then what every worker imports (optuna, SQLAlchemy, hydra, torch)
+PRELOAD = ["__main__", "sweep.sweeper.worker", "sweep.sweeper.local_pool", "cloudpickle",
+           "sqlalchemy.dialects.sqlite", "optuna.samplers", "optuna.storages"]
+
+
 def worker_job_overrides(plan, job_num: int) -> list:
     """Overrides of a worker job: the sweep's fixed task overrides (so the job composes like
     the trials do) and its run directory ``<hydra.sweep.dir>/workers/<job num>``."""
@@ -34,7 +40,7 @@ def worker_job_overrides(plan, job_num: int) -> list:
 
 
 def _child_main(payload: bytes, job_num: int) -> None:
-    """Entry point of a worker process (spawned): rebuild Hydra's state, run the worker job."""
+    """Entry point of a worker process: rebuild Hydra's state, run the worker job."""
     import cloudpickle
     from hydra.core.singleton import Singleton
     from hydra.core.utils import JobStatus, run_job, setup_globals
@@ -82,26 +88,28 @@ def run_local_workers(payload: bytes, n_workers: int, study, plan, *,
                       max_restarts: int, has_work: Callable[[], bool]) -> Dict[str, Any]:
     """Run ``n_workers`` worker processes until none is left; replace dead ones while work
     remains (at most ``max_restarts`` times). Returns {started, died, restarts}."""
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # the fork server imports these once; each worker (and each replacement) is a fork of it
+    ctx.set_forkserver_preload(PRELOAD)
     procs: Dict[Any, Any] = {}
-    next_num = 0
+    generation = [0] * n_workers
     stats = {"started": 0, "died": 0, "restarts": 0}
     retry = plan.retry()
 
-    def start() -> None:
-        nonlocal next_num
-        p = ctx.Process(target=_child_main, args=(payload, next_num),
-                        name=f"coordsweep-worker-{next_num}")
+    def start(slot: int) -> None:
+        # job number = generation x n_workers + slot: a replacement keeps the dead one's slot
+        num = generation[slot] * n_workers + slot
+        generation[slot] += 1
+        p = ctx.Process(target=_child_main, args=(payload, num), name=f"coordsweep-worker-{num}")
         p.start()
-        procs[p.sentinel] = (p, next_num)
+        procs[p.sentinel] = (p, num)
         stats["started"] += 1
-        next_num += 1
 
     def mine(pid: int) -> Callable[[Any], bool]:
         return lambda ident: ident.get("run") == plan.run_id and ident.get("pid") == pid
 
-    for _ in range(n_workers):
-        start()
+    for slot in range(n_workers):
+        start(slot)
     try:
         while procs:
             for sentinel in multiprocessing.connection.wait(list(procs)):
@@ -127,7 +135,7 @@ def run_local_workers(payload: bytes, n_workers: int, study, plan, *,
                 elif stats["restarts"] < max_restarts and has_work():
                     stats["restarts"] += 1
                     log.info(f"starting a replacement worker ({stats['restarts']}/{max_restarts})")
-                    start()
+                    start(num % n_workers)
     except KeyboardInterrupt:
         log.warning("interrupted: stopping the workers (their running trials are re-queued)")
         for p, _ in procs.values():

@@ -150,6 +150,7 @@ def test_trials_of_a_dead_local_process_are_failed_and_retried(tmp_path):
     assert st.process_alive({**ident, "host": "another-host"}) is None
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_stale_heartbeat_fails_the_trial_with_a_reason_and_requeues_it(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     storage = st.open_storage(url, heartbeat_interval=1, grace_period=1, max_retry=1)
@@ -180,24 +181,20 @@ def _check_accounted_once(study, n: int, sweep_root: Path) -> None:
             "val_top1"] == t.value
 
 
-def test_two_workers_share_a_journal_file(tmp_path):
+def test_two_workers_share_a_journal_file_that_optuna_dashboard_reads(tmp_path):
     run_app(["x=range(0,6)", "duration=0.2", "hydra.sweeper.n_workers=2",
              "hydra.sweeper.storage=journal:study.log"], tmp_path)
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    study = optuna.load_study(study_name="test", storage=JournalStorage(
-        JournalFileBackend(str(tmp_path / "study.log"))))
-    _check_accounted_once(study, 6, tmp_path)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.log")))
+    _check_accounted_once(optuna.load_study(study_name="test", storage=storage), 6, tmp_path)
 
-
-def test_optuna_dashboard_reads_the_study_unchanged(tmp_path):
     pytest.importorskip("optuna_dashboard")
     from wsgiref.util import setup_testing_defaults
 
     from optuna_dashboard import wsgi
 
-    run_app(["x=range(0,3)", "hydra.sweeper.n_workers=1"], tmp_path)
-    app = wsgi(f"sqlite:///{tmp_path / 'test' / 'optuna.db'}")
+    app = wsgi(storage)
 
     def get(path):
         env = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.errors": io.StringIO()}
@@ -210,7 +207,7 @@ def test_optuna_dashboard_reads_the_study_unchanged(tmp_path):
     studies = get("/api/studies")["study_summaries"]
     assert [s["study_name"] for s in studies] == ["test"]
     detail = get(f"/api/studies/{studies[0]['study_id']}")
-    assert len(detail["trials"]) == 3
+    assert len(detail["trials"]) == 6
     assert {a["key"] for a in detail["trials"][0]["user_attrs"]} >= {"run_dir", "val_top1"}
 
 
