@@ -18,7 +18,8 @@ class SamplerConf:
     # auto | tpe | nsgaii | nsgaiii | gp | random | qmc | grid | bruteforce | cmaes.
     # auto: grid for a finite space, bruteforce for a finite conditional space, tpe otherwise
     name: str = "auto"
-    # sampler seed; worker k of a sweep uses seed + k (workers must not draw the same points)
+    # sampler seed; grid uses it as is in every worker, other samplers mix it with the worker
+    # slot and the number of trials already stored (workers and resumed runs draw new points)
     seed: Optional[int] = None
     # keyword arguments of the Optuna sampler class, e.g. {n_startup_trials: 10} for tpe
     options: Dict[str, Any] = field(default_factory=dict)

@@ -65,23 +65,42 @@ class SweepPlan:
         return str(OmegaConf.create({"url": self.storage}).url)
 
     def open_study(self, slot: int = 0, generation: int = 0):
-        """Load the study with this worker's sampler (seed + slot) and pruner."""
+        """Load the study with this worker's sampler and pruner (see ``worker_seed``)."""
         import optuna
 
         from sweep.sweeper.samplers import make_pruner, make_sampler
 
-        seed = None if self.seed is None else self.seed + slot + 1000 * generation
-        sampler = make_sampler(self.sampler, self.sampler_options, seed=seed,
+        storage = st.open_storage(self.storage_url(), heartbeat_interval=self.heartbeat_interval,
+                                  grace_period=self.grace_period, max_retry=self.max_retry)
+        n_existing = len(storage.get_all_trials(storage.get_study_id_from_name(self.study_name),
+                                                deepcopy=False))
+        sampler = make_sampler(self.sampler, self.sampler_options,
+                               seed=worker_seed(self.sampler, self.seed, slot, generation, n_existing),
                                n_objectives=len(self.objectives), space=self.space,
                                constrained=bool(self.constraints))
         pruner = make_pruner(self.pruner, self.pruner_options, n_objectives=len(self.objectives))
-        storage = st.open_storage(self.storage_url(), heartbeat_interval=self.heartbeat_interval,
-                                  grace_period=self.grace_period, max_retry=self.max_retry)
         return optuna.load_study(study_name=self.study_name, storage=storage, sampler=sampler,
                                  pruner=pruner)
 
     def retry(self):
         return st.RetryCallback(self.max_retry)
+
+
+def worker_seed(sampler: str, seed: Optional[int], slot: int, generation: int,
+                n_existing: int) -> Optional[int]:
+    """The sampler seed of one worker.
+
+    Grid: the given seed in every worker and every run, because GridSampler maps trial
+    numbers to grid points through a seeded shuffle that all workers must share. Others:
+    derived from (seed, slot, generation, trials already in the study), so parallel workers
+    and resumed runs do not draw the same points again (a resumed random sampler would
+    otherwise repeat the first run's configs). None stays None (OS entropy).
+    """
+    if sampler == "grid" or seed is None:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, slot, generation, n_existing]).generate_state(1)[0])
 
 
 class OptunaHooks(hooks.TrialHooks):
@@ -365,8 +384,9 @@ class HydraTrialRunner:
 class WorkerTask:
     """Hydra task function of a worker job: runs ``run_worker`` with the trials as Hydra jobs.
 
-    The worker's slot is its job number modulo ``n_workers`` (its sampler seed is
-    ``seed + slot``); the run directory of the worker job is ``<sweep dir>/workers/<job num>``.
+    The worker's slot is its job number modulo ``n_workers`` and its generation the job number
+    divided by ``n_workers`` (see ``worker_seed``); the run directory of the worker job is
+    ``<sweep dir>/workers/<job num>``.
     """
 
     def __init__(self, plan: SweepPlan, task_function, hydra_context, master_config) -> None:

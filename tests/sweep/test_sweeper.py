@@ -32,8 +32,9 @@ def test_discovery_finds_the_sweeper_without_importing_optuna_or_torch():
 
 
 def test_end_to_end_two_workers_into_sqlite(tmp_path):
+    # a sampler seed: both workers must still agree on the grid (GridSampler's seeded order)
     proc = run_app(["x=range(0,3)", "y=choice(0,1)", "duration=0.3",
-                    "hydra.sweeper.n_workers=2"], tmp_path)
+                    "hydra.sweeper.n_workers=2", "hydra.sweeper.sampler.seed=5"], tmp_path)
     study = load_study(tmp_path)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
@@ -202,6 +203,17 @@ def test_variants_enqueue_conditions_and_two_objectives(tmp_path):
         assert ("group.only_a" in t.params) == (t.params["group"] == "a")
         assert t.constraints == {"madds<=1.5": t.user_attrs["madds"] - 1.5}
     assert study.best_trials
+
+
+def test_timeout_stops_asking_and_lets_running_trials_finish(tmp_path):
+    run_app(["x=range(0,40)", "duration=0.5", "hydra.sweeper.timeout=8"], tmp_path)
+    trials = load_study(tmp_path).get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert 1 <= len(done) < 40
+    # nothing is left running; anything else was skipped at the deadline without running
+    assert all(t.state == TrialState.COMPLETE or "coordsweep:skipped" in t.system_attrs
+               for t in trials)
+    assert sum(trainlog(tmp_path).values()) == len(done)
 
 
 @pytest.mark.parametrize("args, message", [

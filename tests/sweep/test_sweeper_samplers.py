@@ -104,3 +104,14 @@ def test_objective_values_and_scalar_metrics():
 
     assert scalar_metrics({"a": 1, "b": float("nan"), "c": [1, 2], "d": np.float32(0.5),
                            "e": "x", "f": None}) == {"a": 1, "b": "nan", "d": 0.5, "e": "x", "f": None}
+
+
+def test_worker_seeds():
+    from sweep.sweeper.worker import worker_seed
+
+    # grid: one seed for all workers and runs (they share GridSampler's seeded grid order)
+    assert {worker_seed("grid", 5, s, g, n) for s in range(3) for g in range(2) for n in (0, 9)} == {5}
+    assert worker_seed("tpe", None, 1, 0, 0) is None
+    seeds = {worker_seed("random", 5, s, g, n) for s in range(3) for g in range(2) for n in (0, 9)}
+    assert len(seeds) == 12  # distinct per worker, generation and study size
+    assert worker_seed("random", 5, 1, 0, 9) == worker_seed("random", 5, 1, 0, 9)
