@@ -356,18 +356,21 @@ def _finite_param(res: Results, p: str) -> bool:
 
 def _thin(c: Comparison, a: pd.DataFrame, b: pd.DataFrame, min_n: int, min_epochs: int,
           chance: Optional[float], margin: float) -> str:
+    """Every reason the evidence is too thin to answer ("; "-joined), or ""."""
     d = c.difference
+    reasons = []
     if d.paired and d.n_a < min_n:
-        return f"only {d.n_a} paired seed{'s' if d.n_a != 1 else ''}, need \u2265 {min_n}"
+        reasons.append(f"only {d.n_a} paired seed{'s' if d.n_a != 1 else ''}, need \u2265 {min_n}")
     if not d.paired and min(d.n_a, d.n_b) < min_n:
-        return f"only {d.n_a} vs {d.n_b} trials, need \u2265 {min_n} per side"
+        reasons.append(f"only {d.n_a} vs {d.n_b} trials, need \u2265 {min_n} per side")
     epochs = pd.concat([a["epochs_run"], b["epochs_run"]]).dropna()
     if len(epochs) and epochs.min() < min_epochs:
-        return f"trained only {int(epochs.min())} epoch{'s' if epochs.min() != 1 else ''}, need \u2265 {min_epochs}"
+        reasons.append(f"trained only {int(epochs.min())} epoch{'s' if epochs.min() != 1 else ''}, "
+                       f"need \u2265 {min_epochs}")
     if chance is not None and max(c.acc_level, c.acc_reference) < chance + margin:
-        return (f"accuracy near chance: {_num(max(c.acc_level, c.acc_reference), sign=False)}% "
-                f"vs chance {_num(chance, sign=False)}%")
-    return ""
+        reasons.append(f"accuracy near chance: {_num(max(c.acc_level, c.acc_reference), sign=False)}% "
+                       f"vs chance {_num(chance, sign=False)}%")
+    return "; ".join(reasons)
 
 
 def _sentence(c: Comparison) -> str:

@@ -126,6 +126,13 @@ def test_short_training_and_chance_make_answers_thin(tmp_path):
     [c] = compare(load_results(tmp_path / "chance"), n_resamples=500)
     assert c.thin.startswith("accuracy near chance") and "chance 10.0%" in c.thin
 
+    # every reason is named
+    ofat_study(tmp_path / "all", factors={"attention.pool": ["max"]}, base_acc=11.0, seeds=range(2),
+               epochs=1, extras=False)
+    [c] = compare(load_results(tmp_path / "all"), n_resamples=500)
+    assert c.thin.split("; ")[:2] == ["only 2 paired seeds, need \u2265 3", "trained only 1 epoch, need \u2265 5"]
+    assert c.thin.split("; ")[2].startswith("accuracy near chance")
+
 
 def test_importance_is_skipped_for_ofat_with_reason(ofat):
     imp = param_importances(ofat)
