@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional
@@ -47,6 +49,7 @@ def _child_main(payload: bytes, job_num: int) -> None:
     from omegaconf import open_dict
 
     signal.signal(signal.SIGTERM, _interrupt)
+    _die_with_parent()
     state, hydra_context, master_config, task = cloudpickle.loads(payload)
     Singleton.set_state(state)
     setup_globals()
@@ -71,6 +74,20 @@ def _child_main(payload: bytes, job_num: int) -> None:
 def _exit(code: int) -> None:
     logging.shutdown()
     sys.exit(code)
+
+
+def _die_with_parent() -> None:
+    """SIGTERM ourselves (-> the running trial is failed and re-queued, the worker exits) when
+    the sweeper process is gone, instead of running on as an orphan."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="coordsweep-parent-watch").start()
 
 
 def _describe_exit(code: Optional[int]) -> str:
