@@ -132,12 +132,18 @@ def parse_overrides(lines: Sequence[str], source: str) -> List[Override]:
     return out
 
 
-def params_to_lines(params: Mapping[str, Any]) -> List[str]:
-    """``hydra.sweeper.params`` mapping -> override strings (YAML non-strings are fixed values)."""
+def params_to_lines(params: Mapping[str, Any], prefix: str = "") -> List[str]:
+    """``hydra.sweeper.params`` mapping -> override strings. Strings are override values
+    (sweeps or fixed), other YAML values are fixed values, nested mappings are flattened
+    (``{model: {width: ...}}`` is ``model.width``, what a command-line
+    ``+hydra.sweeper.params.model.width=...`` creates)."""
     lines = []
     for key, value in params.items():
+        if isinstance(value, Mapping):
+            lines.extend(params_to_lines(value, f"{prefix}{key}."))
+            continue
         text = value if isinstance(value, str) else format_value(value)
-        lines.append(f"{key}={text}")
+        lines.append(f"{prefix}{key}={text}")
     return lines
 
 

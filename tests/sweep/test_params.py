@@ -241,3 +241,9 @@ def test_prefixed_keys_keep_their_prefix_in_overrides():
     space = build_space(["+extra=choice(1,2)", "~dropme"])
     assert space.names == ["extra"]
     assert space.overrides({"extra": 2}) == ["~dropme", "+extra=2"]
+
+
+def test_nested_params_are_flattened_to_dotted_keys():
+    space = build_space([], {"model": {"width": "choice(0.5,1.0)", "dropout": 0.2}, "seed": "0,1"})
+    assert space.names == ["model.width", "seed"]
+    assert space.fixed == ["model.dropout=0.2"]
