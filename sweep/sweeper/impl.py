@@ -317,6 +317,10 @@ class CoordSweeperImpl:
                  f"{plan.n_workers} worker(s) "
                  + ("as local processes" if local else f"via {launcher.rsplit('.', 1)[-1]}"))
         log.info(f"coordsweep: trial run dirs: {sweep_dir}/<trial number>")
+        if url.startswith("sqlite:") and not local and "joblib" not in launcher.lower():
+            log.warning("coordsweep: SQLite is for workers on one machine (it is in WAL mode); "
+                        f"{launcher.rsplit('.', 1)[-1]} may start workers on other machines: use "
+                        "hydra.sweeper.storage=postgresql://... (or journal:/shared/path.log)")
 
         def has_work() -> bool:
             if plan.deadline is not None and time.time() >= plan.deadline:
