@@ -106,6 +106,7 @@ def test_budget_counts_retries_once_and_ignores_skipped_trials():
     assert not st.work_left([t for t in trials if t.state != TrialState.WAITING], 3)
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_retry_callback_requeues_params_without_the_dead_trials_bookkeeping():
     study = optuna.create_study()
     dist = {"x": optuna.distributions.IntDistribution(0, 9)}
