@@ -12,7 +12,8 @@ from hydra.errors import ConfigCompositionException
 
 from search_space import registry
 from search_space.attention import PLACEMENT_FIELDS
-from search_space.config import ATTENTION_SCHEMAS, AttentionConfig, ConfigError, register_configs, validate_search_space
+from search_space.config import ATTENTION_SCHEMAS, AttentionConfig, ConfigError, validate_search_space
+from sweep.config import register_configs  # every group schema (model, attention, data, train)
 from search_space.mobilenetv2 import build_model
 from tests.conftest import REPO
 
