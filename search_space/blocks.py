@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-POSITIONS = ("post_expand", "post_dw", "post_project", "post_add")
+from search_space.config import POSITIONS  # noqa: E402  (post_expand, post_dw, post_project, post_add)
 
 
 class InvertedResidual(nn.Module):

@@ -10,7 +10,9 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional
 
-from search_space.blocks import POSITIONS
+# attention insertion points of the inverted residual (search_space/blocks.py); kept here so
+# that config checks (run in every sweep process) need no torch import
+POSITIONS = ("post_expand", "post_dw", "post_project", "post_add")
 
 GEOMETRIES = ("cifar", "imagenet")
 NUM_STAGES = 7

@@ -97,6 +97,8 @@ class CoordSweeperConf:
     max_retry: int = 2
     # how many times dead local workers are replaced (or launcher jobs relaunched) per run
     max_worker_restarts: int = 10
+    # write the report (analysis.report: HTML + Markdown in <sweep dir>/report) when the sweep ends
+    report: bool = True
     # dotted path of a callable(cfg) run on composed configs before any training
     # (raises on a bad value), e.g. search_space.config.validate_search_space
     validate: Optional[str] = None

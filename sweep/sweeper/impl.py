@@ -411,7 +411,25 @@ class CoordSweeperImpl:
         for r in results["best"]:
             log.info(f"coordsweep: best trial {r['number']}: {r['values']} {r['params']} "
                      f"({r['run_dir']})")
+        if self.conf.get("report", True):
+            self._report(plan, sweep_dir, url)
         return results
+
+    def _report(self, plan: SweepPlan, sweep_dir: Path, url: str) -> None:
+        """Write the sweep's report (analysis.report) and print its answers; a report error
+        never fails a finished sweep."""
+        try:
+            from analysis.report import build_report
+
+            paths = build_report(url, plan.study_name, sweep_dir / "report")
+        except Exception as e:  # noqa: BLE001 - the trials are stored; the report can be rebuilt
+            log.warning(f"coordsweep: report failed ({type(e).__name__}: "
+                        f"{st.mask_text(str(e), st.secrets_of(url))}); rebuild it with "
+                        f"python -m analysis.report {sweep_dir}")
+            return
+        for line in paths.answers:
+            log.info(line)
+        log.info(f"coordsweep: report {paths.html} (Markdown: {paths.markdown})")
 
 
 def _complete(space: SearchSpace, fixed: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
