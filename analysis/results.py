@@ -11,7 +11,9 @@ Reads only the storage and the trials' files (``<run_dir>/metrics.json`` written
 A *configuration* is a trial's parameters minus ``seed`` (equivalently its ``overrides`` minus
 ``seed=...``); trials of one configuration with different seeds are repeats. Trials that
 copy another trial's result (``reused_from``) and second completions of the same
-(configuration, seed) are listed but not counted as repeats (``counted`` is False).
+(configuration, seed) are listed but not counted as repeats (``counted`` is False). A trial of
+a sweep with ``hydra.sweeper.repeats`` ran every seed itself: it becomes one row per seed (user
+attr ``seed_metrics``), all with the trial's number.
 
 Example::
 
@@ -423,6 +425,15 @@ def load_results(source: str | os.PathLike, study_name: Optional[str] = None) ->
         for k, v in metrics.items():
             if k not in row and k not in params:
                 row[k] = v
+        per_seed = ua.get("seed_metrics")
+        if isinstance(per_seed, list) and per_seed and all(isinstance(m, dict) for m in per_seed):
+            # hydra.sweeper.repeats: one trial ran every seed; one row per seed (its own metrics)
+            for m in per_seed:
+                seed_row = dict(row)
+                seed_row.update({k: v for k, v in m.items() if k not in params})
+                seed_row["seed"] = m.get(SEED, m.get("seed"))
+                rows.append(seed_row)
+            continue
         rows.append(row)
 
     trials = pd.DataFrame(rows)

@@ -94,7 +94,7 @@ def run_trial(cfg: Mapping[str, Any], out_dir: Optional[str | Path] = None) -> d
         val = evaluate(model, data.eval_batches("val", train["eval_batch_size"], device=device), step_fn.autocast)
         record = {"epoch": epoch, "train_loss": train_loss, "val_top1": val["top1"], "val_top5": val["top5"],
                   "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"], "steps": step,
-                  "epoch_time_s": time.perf_counter() - t0}
+                  "epoch_time_s": time.perf_counter() - t0, "madds": cost["madds"], "params": cost["params"]}
         history.append(record)
         progress.update(1)
         progress.set_postfix(loss=f"{train_loss:.3f}", val_top1=f"{val['top1']:.1f}")

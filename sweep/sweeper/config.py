@@ -48,6 +48,25 @@ class OfatConf:
 
 
 @dataclass
+class SchedulerConf:
+    """Rung-based early stopping that also works for several objectives (MO-ASHA style,
+    Schmucker et al. 2021, https://arxiv.org/abs/2106.12639; see sweep/sweeper/rungs.py)."""
+    # none | mo_asha
+    name: str = "none"
+    # first rung (epochs); rungs at min_epochs * eta**k
+    min_epochs: int = 1
+    # keep the top 1/eta of the trials that reached a rung
+    eta: int = 3
+    # accuracy in the per-epoch record (maximized unless the objectives minimize it)
+    metric: str = "val_top1"
+    # cost in the per-epoch record (minimized unless the objectives maximize it); null = none
+    cost: Optional[str] = "madds"
+    # the trials' full budget (train.epochs): rungs at or beyond it stop nothing (a trial
+    # that trained every epoch completes); null = the app's train.epochs if it has one
+    max_epochs: Optional[int] = None
+
+
+@dataclass
 class CoordSweeperConf:
     """``hydra.sweeper`` of the coordsweep sweeper: an Optuna study driven through Hydra.
 
@@ -68,6 +87,13 @@ class CoordSweeperConf:
     constraints: List[str] = field(default_factory=list)
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
+    # multi-objective rung scheduler (early stopping by non-dominated sorting at rungs)
+    scheduler: SchedulerConf = field(default_factory=SchedulerConf)
+    # train every configuration with seeds 0..repeats-1 (paired across configurations); one
+    # trial runs them all and tells Optuna the mean; per-seed metrics in user attr seed_metrics
+    repeats: int = 1
+    # config key that receives the seed of a repeat
+    seed_key: str = "seed"
     # config key -> override value: choice(...), a,b,c, range(a,b[,step]), interval(a,b),
     # int(interval(a,b)), tag(log, ...), shuffle(...), or a plain value (fixed for all trials)
     params: Dict[str, Any] = field(default_factory=dict)

@@ -140,6 +140,9 @@ class CoordSweeperImpl:
             if assignment is None:
                 continue
             overrides = space.overrides(assignment)
+            if int(self.conf.get("repeats") or 1) > 1:
+                overrides = overrides + [f"{self.conf.get('seed_key') or 'seed'}="
+                                         f"{int(self.conf['repeats']) - 1}"]
             key = tuple(overrides)
             if key in seen:
                 continue
@@ -223,6 +226,8 @@ class CoordSweeperImpl:
                     n_objectives=len(objectives))
         if pruner_conf.get("metric") and len(objectives) > 1:
             raise ConfigError("hydra.sweeper.pruner.metric: pruning needs a single objective")
+        repeats, seed_key, scheduler = self._check_repeats_and_scheduler(
+            space, objectives, str(pruner_conf.get("name", "none")).lower())
         if c.get("enqueue") and sampler == "grid":
             raise ConfigError("hydra.sweeper.enqueue does not combine with the grid sampler (the "
                               "grid already holds every config and would train them twice); "
@@ -264,8 +269,49 @@ class CoordSweeperImpl:
             deadline=None if timeout is None else time.time() + float(timeout),
             reuse_completed=bool(c.get("reuse_completed", True)),
             heartbeat_interval=c.get("heartbeat_interval"), grace_period=c.get("grace_period"),
-            max_retry=c.get("max_retry"), n_workers=n_workers, run_id=uuid.uuid4().hex[:12])
+            max_retry=c.get("max_retry"), n_workers=n_workers, run_id=uuid.uuid4().hex[:12],
+            repeats=repeats, seed_key=seed_key, scheduler=scheduler)
         return plan, study, self._masked_config(url), size, url
+
+    def _check_repeats_and_scheduler(self, space: SearchSpace, objectives: List[str],
+                                     pruner: str):
+        """Validate ``repeats``/``seed_key`` and ``scheduler``; return them normalized."""
+        c = self.conf
+        try:
+            repeats = int(1 if c.get("repeats") is None else c["repeats"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"hydra.sweeper.repeats={c.get('repeats')!r} must be an integer "
+                              f">= 1") from None
+        if repeats < 1:
+            raise ConfigError(f"hydra.sweeper.repeats={repeats} must be >= 1")
+        seed_key = str(c.get("seed_key") or "seed")
+        if repeats > 1:
+            swept = {p.name for p in space.params}
+            fixed = {f.split("=", 1)[0].lstrip("+~") for f in space.fixed}
+            if seed_key in swept or seed_key in fixed:
+                raise ConfigError(f"hydra.sweeper.repeats={repeats} sets {seed_key} to 0.."
+                                  f"{repeats - 1} itself; drop {seed_key} from the sweep (or set "
+                                  f"repeats: 1 and sweep {seed_key} as a param)")
+            if pruner != "none":
+                raise ConfigError(f"hydra.sweeper.pruner.name={pruner} does not combine with "
+                                  f"hydra.sweeper.repeats={repeats} (a trial runs every seed); "
+                                  f"use pruner none")
+        from sweep.sweeper.rungs import check_scheduler
+
+        scheduler = check_scheduler(c.get("scheduler") or {}, objectives)
+        if scheduler["name"] != "none" and scheduler["max_epochs"] is None:
+            epochs = self._default("train.epochs")  # the app's full budget, when it has one
+            if isinstance(epochs, int) and not isinstance(epochs, bool):
+                scheduler["max_epochs"] = epochs
+        if scheduler["name"] != "none":
+            if pruner != "none":
+                raise ConfigError(f"hydra.sweeper.scheduler.name={scheduler['name']} and "
+                                  f"hydra.sweeper.pruner.name={pruner}: choose one (set the "
+                                  f"other to none)")
+            if repeats > 1:
+                raise ConfigError(f"hydra.sweeper.scheduler.name={scheduler['name']} does not "
+                                  f"combine with hydra.sweeper.repeats={repeats}; use repeats: 1")
+        return repeats, seed_key, scheduler
 
     def _check_signature(self, study, space: SearchSpace, objectives, directions, url) -> None:
         from optuna.distributions import distribution_to_json

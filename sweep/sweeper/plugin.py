@@ -23,7 +23,8 @@ class CoordSweeper(Sweeper):
                  enqueue: Optional[Dict[str, Any]], n_trials: Optional[int],
                  timeout: Optional[float], n_workers: int, reuse_completed: bool,
                  heartbeat_interval: Optional[int], grace_period: Optional[int], max_retry: int,
-                 max_worker_restarts: int, validate: Optional[str], report: bool = True) -> None:
+                 max_worker_restarts: int, validate: Optional[str], report: bool = True,
+                 scheduler: Any = None, repeats: int = 1, seed_key: str = "seed") -> None:
         from sweep.sweeper.impl import CoordSweeperImpl
 
         self._impl = CoordSweeperImpl(
@@ -33,7 +34,7 @@ class CoordSweeper(Sweeper):
             n_workers=n_workers, reuse_completed=reuse_completed,
             heartbeat_interval=heartbeat_interval, grace_period=grace_period,
             max_retry=max_retry, max_worker_restarts=max_worker_restarts, validate=validate,
-            report=report)
+            report=report, scheduler=scheduler, repeats=repeats, seed_key=seed_key)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:

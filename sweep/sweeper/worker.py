@@ -55,6 +55,13 @@ class SweepPlan:
     max_retry: Optional[int] = 2
     n_workers: int = 1
     run_id: str = ""
+    repeats: int = 1
+    seed_key: str = "seed"
+    scheduler: Dict[str, Any] = field(default_factory=dict)
+
+    def seeds(self) -> List[int]:
+        """The seeds every configuration is trained with (the same for all: paired runs)."""
+        return list(range(max(1, int(self.repeats))))
 
     def storage_url(self) -> str:
         """The storage URL; a template with ``${oc.env:...}`` is resolved here, in the worker."""
@@ -239,9 +246,17 @@ def run_worker(plan: SweepPlan, run_trial: "HydraTrialRunner", slot: int = 0,
                 log.info(f"{tag} trial {trial.number}: same params as COMPLETE trial "
                          f"{twin.number}; reusing its result (not trained again)")
                 return twin.values if len(twin.values) > 1 else twin.values[0]
+            if plan.repeats > 1:
+                return _run_repeats(trial, overrides, run_trial, plan, started, tag)
             prune_metric = plan.prune_metric or plan.objectives[0]
-            with hooks.use(OptunaHooks(trial, prune_metric, plan.pruner != "none",
-                                       len(plan.objectives) == 1)):
+            trial_hooks: hooks.TrialHooks = OptunaHooks(trial, prune_metric, plan.pruner != "none",
+                                                        len(plan.objectives) == 1)
+            if (plan.scheduler or {}).get("name", "none") != "none":
+                from sweep.sweeper.rungs import RungHooks
+
+                trial_hooks = RungHooks(study, trial, plan.scheduler, plan.objectives,
+                                        plan.directions, inner=trial_hooks)
+            with hooks.use(trial_hooks):
                 ret, run_dir = run_trial(trial, overrides)
             return _tell_value(trial, ret, run_dir, plan, started, tag)
         except TrialFailed as e:
@@ -329,6 +344,94 @@ def _tell_value(trial, ret, run_dir: str, plan: SweepPlan, started: float, tag: 
     return values if len(values) > 1 else values[0]
 
 
+def summarize_seeds(per_seed: Sequence[Mapping[str, Any]], names: Sequence[str],
+                    confidence: float = 0.95) -> Dict[str, Any]:
+    """Mean, sample standard deviation and Student-t ``confidence`` interval over seeds.
+
+    Returns ``{name: mean, name_std: sd, name_lo: lo, name_hi: hi}`` for each name (sd and the
+    interval are NaN with one seed).
+
+    Args:
+        per_seed: one metrics mapping per seed.
+        names: the metrics to summarize (numbers in every mapping).
+        confidence: coverage of the interval.
+    """
+    import numpy as np
+    from scipy import stats
+
+    out: Dict[str, Any] = {}
+    for name in names:
+        x = np.asarray([float(m[name]) for m in per_seed], dtype=float)
+        mean = float(x.mean())
+        sd = float(x.std(ddof=1)) if len(x) > 1 else math.nan
+        if len(x) > 1 and sd > 0:
+            lo, hi = stats.t.interval(confidence, len(x) - 1, loc=mean, scale=sd / math.sqrt(len(x)))
+        elif len(x) > 1:
+            lo = hi = mean
+        else:
+            lo = hi = math.nan
+        out.update({name: mean, f"{name}_std": sd, f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
+    return out
+
+
+def _run_repeats(trial, overrides: List[str], run_trial, plan: SweepPlan, started: float, tag: str):
+    """Run the trial's configuration once per seed (``<run dir>/seed<s>``) and tell the mean.
+
+    User attrs: every numeric metric averaged over seeds, ``<objective>_std/_lo/_hi`` (95 %
+    Student-t interval), ``seeds`` and ``seed_metrics`` (one dict of metrics per seed, with
+    ``seed`` and ``run_dir``). Any failed seed fails the whole trial (with the seed named).
+    """
+    from hydra.core.utils import JobStatus
+
+    per_seed: List[Dict[str, Any]] = []
+    base_dir = None
+    for s in plan.seeds():
+        ret, run_dir = run_trial(trial, list(overrides) + [f"{plan.seed_key}={s}"],
+                                 subdir=f"{trial.number}/seed{s}")
+        base_dir = os.path.dirname(run_dir)
+        if ret.status == JobStatus.FAILED:
+            e = ret._return_value
+            raise TrialFailed(f"{plan.seed_key}={s}: {type(e).__name__}: {e}")
+        try:
+            _, metrics = objective_values(ret.return_value, plan.objectives)
+        except TrialFailed as e:
+            raise TrialFailed(f"{plan.seed_key}={s}: {e}") from None
+        m = {k: v for k, v in scalar_metrics(metrics).items() if k not in ("overrides", "run_dir")}
+        m[plan.seed_key] = s
+        m["seed"] = s  # analysis.results reads the repeat's seed here, whatever the key
+        m["run_dir"] = run_dir
+        per_seed.append(m)
+    numeric = [k for k, v in per_seed[0].items()
+               if k not in (plan.seed_key, "seed", "pid") and isinstance(v, (int, float))
+               and not isinstance(v, bool)
+               and all(isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool)
+                       for m in per_seed)]
+    merged: Dict[str, Any] = {k: v for k, v in per_seed[0].items()
+                              if k not in numeric and k not in ("run_dir", "seed", plan.seed_key)}
+    for k in numeric:
+        merged[k] = float(sum(float(m[k]) for m in per_seed) / len(per_seed))
+    summary = summarize_seeds(per_seed, plan.objectives)
+    merged.update(summary)
+    trial.set_user_attr("job_time_s", round(time.time() - started, 3))
+    for k, v in scalar_metrics(merged).items():
+        trial.set_user_attr(k, v)
+    trial.set_user_attr("run_dir", base_dir)
+    trial.set_user_attr("repeats", len(per_seed))
+    trial.set_user_attr("seeds", plan.seeds())
+    trial.set_user_attr("seed_metrics", per_seed)
+    if base_dir is not None:
+        import json
+
+        with open(os.path.join(base_dir, "repeats.json"), "w") as f:
+            json.dump({"summary": scalar_metrics(summary), "seed_metrics": per_seed}, f, indent=2)
+    _set_constraints(trial, plan, merged)
+    values = [summary[n] for n in plan.objectives]
+    shown = ", ".join(f"{n}={summary[n]:.6g} (sd {summary[n + '_std']:.3g}, {len(per_seed)} seeds)"
+                      for n in plan.objectives)
+    log.info(f"{tag} trial {trial.number} done: {shown} ({time.time() - started:.1f} s)")
+    return values if len(values) > 1 else values[0]
+
+
 def _set_constraints(trial, plan: SweepPlan, metrics: Mapping[str, Any]) -> None:
     from sweep.sweeper.samplers import constraint_values
 
@@ -345,7 +448,7 @@ class HydraTrialRunner:
         self.master_config = master_config
         self.task_function = task_function
 
-    def __call__(self, trial, overrides: List[str]):
+    def __call__(self, trial, overrides: List[str], subdir: Optional[str] = None):
         from hydra.core.hydra_config import HydraConfig
         from hydra.core.utils import JobStatus, configure_log, run_job
         from omegaconf import OmegaConf, open_dict
@@ -358,6 +461,8 @@ class HydraTrialRunner:
         with open_dict(cfg):
             cfg.hydra.job.id = str(trial.number)
             cfg.hydra.job.num = trial.number
+            if subdir is not None:
+                cfg.hydra.sweep.subdir = subdir
         instance = HydraConfig.instance()
         worker_cfg = instance.cfg
         try:
