@@ -83,7 +83,7 @@ class DataConfig:
     synthetic_test: int = 2000
     # synthetic: generator seed (another seed = other images, same rule)
     synthetic_seed: int = 0
-    # synthetic: clutter shapes per image (never the mark's shape)
+    # synthetic: clutter squares per image (never red, so never a mark)
     synthetic_distractors: int = 6
     # synthetic: std of the Gaussian pixel noise (0..255 units)
     synthetic_noise: float = 12.0

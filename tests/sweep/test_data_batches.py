@@ -1,0 +1,209 @@
+"""Splits, batch iterators, augmentation and the synthetic task's rule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sweep.data import load_data
+from sweep.data import augment, splits, synthetic
+
+SMALL = {"name": "synthetic", "synthetic_train": 600, "synthetic_test": 200, "val_size": 100}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return load_data({**SMALL, "cache_dir": str(tmp_path_factory.mktemp("cache"))})
+
+
+# ----------------------------------------------------------------------------- splits
+def test_allocate_is_proportional_and_exact():
+    assert splits.allocate(np.array([50, 30, 20]), 10).tolist() == [5, 3, 2]
+    assert splits.allocate(np.array([5, 5, 5]), 4).tolist() == [2, 1, 1]  # ties to the lower class
+    assert splits.allocate(np.array([3, 0, 1]), 4).tolist() == [3, 0, 1]
+    with pytest.raises(ValueError):
+        splits.allocate(np.array([1, 1]), 3)
+
+
+def test_stratified_disjoint_nested_splits():
+    labels = np.repeat(np.arange(4), [400, 300, 200, 100])  # imbalanced
+    train, val = splits.split_pool(labels, 4, val_size=100, train_size=500, seed=3)
+    assert len(np.intersect1d(train, val)) == 0
+    assert np.bincount(labels[val]).tolist() == [40, 30, 20, 10]
+    assert np.bincount(labels[train]).tolist() == [200, 150, 100, 50]
+    # val does not depend on train_size; smaller train subsets are nested in larger ones
+    train2, val2 = splits.split_pool(labels, 4, val_size=100, train_size=200, seed=3)
+    assert np.array_equal(val, val2) and np.isin(train2, train).all()
+    all_train, _ = splits.split_pool(labels, 4, val_size=100, train_size=None, seed=3)
+    assert len(all_train) == 900 and len(np.union1d(all_train, val)) == 1000
+    # another seed, another split
+    _, val3 = splits.split_pool(labels, 4, val_size=100, train_size=500, seed=4)
+    assert not np.array_equal(val, val3)
+
+
+def test_bundle_splits_are_disjoint_and_balanced(bundle):
+    tr, va = bundle.splits["train"], bundle.splits["val"]
+    assert len(np.intersect1d(tr.indices, va.indices)) == 0
+    assert bundle.sizes == {"train": 500, "val": 100, "test": 200}
+    assert np.bincount(va.labels.numpy()).tolist() == [10] * 10
+    assert np.bincount(tr.labels.numpy()).tolist() == [50] * 10
+
+
+# ----------------------------------------------------------------------------- batches
+def test_train_batches_are_deterministic(bundle):
+    a = list(bundle.train_batches(64, epoch=2, seed=7))
+    b = list(bundle.train_batches(64, epoch=2, seed=7))
+    assert len(a) == bundle.train_steps(64) == 500 // 64
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    other_epoch = next(bundle.train_batches(64, epoch=3, seed=7))[1]
+    other_seed = next(bundle.train_batches(64, epoch=2, seed=8))[1]
+    assert not torch.equal(a[0][1], other_epoch) and not torch.equal(a[0][1], other_seed)
+
+
+def test_train_batches_cover_an_epoch_without_repeats(tmp_path):
+    b = load_data({**SMALL, "augment": False, "cache_dir": str(tmp_path)})
+    rows = {bytes(im.numpy()): int(y) for im, y in zip(b.splits["train"].images, b.splits["train"].labels)}
+    mean = torch.tensor(b.mean).view(1, 3, 1, 1)
+    std = torch.tensor(b.std).view(1, 3, 1, 1)
+    seen = []
+    for x, y in b.train_batches(50, epoch=0, seed=0):
+        # no-aug path = the normalised stored image, paired with its own label
+        u8 = ((x * std + mean) * 255).round().to(torch.uint8)
+        assert torch.allclose(u8.float(), (x * std + mean) * 255, atol=1e-3)
+        for im, lab in zip(u8, y):
+            assert rows[bytes(im.contiguous().numpy())] == int(lab)
+            seen.append(bytes(im.contiguous().numpy()))
+    assert len(seen) == 500 and len(set(seen)) == len(rows)
+
+
+def test_eval_batches_cover_the_split_in_order(bundle):
+    xs, ys = zip(*bundle.eval_batches("test", 64))
+    assert [len(y) for y in ys] == [64, 64, 64, 8]
+    assert torch.equal(torch.cat(ys), bundle.splits["test"].labels)
+    scale, shift = augment.norm_affine(bundle.mean, bundle.std, "cpu")
+    expect = bundle.splits["test"].images.float() * scale + shift
+    assert torch.allclose(torch.cat(xs), expect, atol=1e-6)
+    assert xs[0].dtype == torch.float32 and xs[0].is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="split='dev'"):
+        next(bundle.eval_batches("dev", 8))
+
+
+def test_batch_smaller_than_split_is_an_error(bundle):
+    with pytest.raises(ValueError, match="fewer than batch_size=1000"):
+        next(bundle.train_batches(1000))
+
+
+# ----------------------------------------------------------------------------- augmentation
+def test_pad_crop_centre_offset_is_identity_and_flip_flips():
+    x = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    centre = torch.full((3, 2), 4)
+    assert torch.equal(augment.pad_crop(x, 4, centre, torch.zeros(3, dtype=torch.bool)), x)
+    flips = torch.tensor([True, False, True])
+    out = augment.pad_crop(x, 4, centre, flips)
+    assert torch.equal(out[0], x[0].flip(-1)) and torch.equal(out[1], x[1]) and torch.equal(out[2], x[2].flip(-1))
+
+
+def test_pad_crop_shifts_in_zeros():
+    x = torch.randint(1, 256, (1, 3, 8, 8), dtype=torch.uint8)
+    out = augment.pad_crop(x, 4, torch.tensor([[0, 2]]), torch.tensor([False]))  # 4 rows up, 2 cols left
+    assert out.shape == x.shape
+    assert (out[:, :, :4] == 0).all() and (out[:, :, :, :2] == 0).all()
+    assert torch.equal(out[0, :, 4:, 2:], x[0, :, :4, :6])
+
+
+def test_sampled_crops_stay_in_range_and_flip_half_the_time():
+    g = torch.Generator().manual_seed(0)
+    offsets, flips = augment.sample_pad_crop(g, 4000, 4, flip=True)
+    assert offsets.min() == 0 and offsets.max() == 8
+    assert 0.45 < flips.float().mean() < 0.55  # binomial(4000, .5): 6 sigma band
+    assert not augment.sample_pad_crop(g, 100, 4, flip=False)[1].any()
+    boxes, _ = augment.sample_resized_crop(g, 4000, (0.35, 1.0), (0.75, 4 / 3), flip=True)
+    cy, cx, h, w = boxes.unbind(1)
+    assert (h <= 1).all() and (w <= 1).all()
+    assert (cy - h / 2 >= -1e-6).all() and (cy + h / 2 <= 1 + 1e-6).all()
+    assert (cx - w / 2 >= -1e-6).all() and (cx + w / 2 <= 1 + 1e-6).all()
+
+
+def test_resized_crop_full_box_is_identity_and_flip_flips():
+    x = torch.rand(2, 3, 10, 10)
+    full = torch.tensor([[0.5, 0.5, 1.0, 1.0]] * 2)
+    out = augment.resized_crop(x, 10, full, torch.tensor([False, True]))
+    assert torch.allclose(out[0], x[0], atol=1e-5)
+    assert torch.allclose(out[1], x[1].flip(-1), atol=1e-5)
+    # the left half of the image, upsampled 2x: column pairs repeat the source columns' mean
+    half = augment.resized_crop(x, 10, torch.tensor([[0.5, 0.25, 1.0, 0.5]] * 2), torch.tensor([False, False]))
+    assert half.shape == (2, 3, 10, 10) and half.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(half[..., 2], 0.75 * x[..., 1] + 0.25 * x[..., 0], atol=1e-5)
+
+
+def test_augmented_batch_shapes_and_crop_content(bundle):
+    x, y = next(bundle.train_batches(32, epoch=0, seed=0))
+    assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    # reproduce the first batch by hand from the documented recipe
+    s = bundle.splits["train"]
+    g = torch.Generator().manual_seed(__import__("sweep.data.bundle", fromlist=["_mix"])._mix(0, 0))
+    order = torch.randperm(len(s.labels), generator=g)[:32]
+    offsets, flips = augment.sample_pad_crop(g, 32, 4, True)
+    ref = augment.pad_crop(s.images[order], 4, offsets, flips)
+    scale, shift = augment.norm_affine(bundle.mean, bundle.std, "cpu")
+    assert torch.allclose(x, ref.float() * scale + shift, atol=1e-5) and torch.equal(y, s.labels[order])
+
+
+def test_imagefolder_style_batches_are_deterministic(tmp_path):
+    b = load_data({**SMALL, "crop": "resized", "cache_dir": str(tmp_path)})
+    (x1, _), (x2, _) = next(b.train_batches(16, seed=5)), next(b.train_batches(16, seed=5))
+    assert torch.equal(x1, x2) and x1.shape == (16, 3, 32, 32)
+
+
+# ----------------------------------------------------------------------------- synthetic rule
+def _read_label(img: np.ndarray) -> int:
+    """Recover the label of a noise-free synthetic image from its red marks (the documented rule)."""
+    red = (img[0] >= 200) & (img[1] <= 60) & (img[2] <= 60)
+    ys, xs = np.nonzero(red)
+    assert len(ys) == 18, "two 3x3 red marks"
+    cols, rows = np.unique(xs), np.unique(ys)
+    if len(rows) == 3:   # same row
+        return (cols.max() - cols.min() - 2) // 4 - 1
+    assert len(cols) == 3
+    return 5 + (rows.max() - rows.min() - 2) // 4 - 1
+
+
+def test_synthetic_images_follow_the_rule():
+    x, y = synthetic.generate(300, seed=4, distractors=8, noise=0.0)
+    assert x.shape == (300, 3, 32, 32) and x.dtype == np.uint8
+    for img, label in zip(x, y):
+        assert _read_label(img) == label
+        assert _read_label(img[:, :, ::-1]) == label   # horizontal flip keeps the label
+        red = (img[0] >= 200) & (img[1] <= 60) & (img[2] <= 60)
+        ys, xs = np.nonzero(red)
+        assert ys.min() >= 5 and xs.min() >= 5 and ys.max() <= 27 and xs.max() <= 27  # >= 4 px margin: crop-safe
+
+
+def test_synthetic_is_deterministic_and_balanced():
+    a, la = synthetic.generate(200, seed=1)
+    b, lb = synthetic.generate(200, seed=1)
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    assert np.bincount(la).tolist() == [20] * 10
+    c, _ = synthetic.generate(200, seed=2)
+    t, _ = synthetic.generate(200, seed=1, split="test")
+    assert not np.array_equal(a, c) and not np.array_equal(a, t)
+
+
+def test_synthetic_colour_statistics_carry_no_label():
+    x, y = synthetic.generate(2000, seed=0)
+    means = x.reshape(len(x), 3, -1).mean(-1)
+    per_class = np.stack([means[y == c].mean(0) for c in range(10)])
+    # class means of the channel means differ by sampling noise only: per-image std ~ 30, 200 per class
+    assert np.abs(per_class - means.mean(0)).max() < 8
+    clean, _ = synthetic.generate(500, seed=0, noise=0.0)
+    red = ((clean[:, 0] >= 200) & (clean[:, 1] <= 60) & (clean[:, 2] <= 60)).reshape(len(clean), -1).sum(1)
+    assert (red == 18).all()  # two 3x3 marks in every image, clutter never red
+
+
+def test_synthetic_larger_images():
+    x, y = synthetic.generate(20, seed=0, image_size=64, noise=0.0)
+    assert x.shape == (20, 3, 64, 64)
+    red = (x[:, 0] >= 200) & (x[:, 1] <= 60) & (x[:, 2] <= 60)
+    assert (red.reshape(20, -1).sum(1) == 72).all()  # two 6x6 marks
