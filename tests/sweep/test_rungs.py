@@ -187,8 +187,9 @@ def test_two_workers_share_the_rung_state(tmp_path):
     assert [trials[c].state for c in configs[1:]] == [TrialState.PRUNED] * 3
     assert all(trials[c].user_attrs["epochs_run"] == 1 for c in configs[1:])
     assert len({t.user_attrs["pid"] for t in trials.values()}) == 2
+    # each was judged against (5, 0) while it was still running in the other worker
     first = trials[(5, 0)]
-    assert all(t.datetime_complete < first.datetime_complete for c, t in trials.items() if c != (5, 0))
+    assert all(t.datetime_start < first.datetime_complete for c, t in trials.items() if c != (5, 0))
 
 
 @pytest.mark.parametrize("args,message", [
