@@ -15,7 +15,8 @@ class TrialHooks:
     """Default hooks: never stop a trial early."""
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> bool:
-        """Called after each epoch (1-based) with that epoch's metrics (``val_top1``, ``loss``...).
+        """Called after each epoch (1-based) with that epoch's metrics (``val_top1``, ``loss``...,
+        and the model's cost ``madds``/``params``, which the rung scheduler ranks on).
         Return True to stop the trial now (it is then recorded as pruned at this fidelity)."""
         return False
 

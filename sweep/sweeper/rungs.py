@@ -7,7 +7,8 @@ or beyond ``max_epochs`` (the trials' full budget, ``train.epochs``) stops nothi
 trial finishes a rung epoch its hooks store ``(accuracy, cost)`` at that rung in the trial's
 system attrs (``coordsweep:rung:<epoch>``), then rank it among *every* trial of the study that
 reached the rung (running, complete or stopped; any worker, any earlier run: the state lives in
-the storage, so workers share it and a resumed sweep keeps it). The trial continues only if it
+the storage, so workers share it and a resumed sweep keeps it; FAILed trials are left out, their
+retries count instead). The trial continues only if it
 is among the top ``max(1, n // eta)`` of the ``n`` trials at the rung (asynchronous successive
 halving: early arrivals are judged against the trials seen so far, as Optuna's
 ``SuccessiveHalvingPruner`` does; a lone trial continues).
@@ -195,7 +196,11 @@ class RungHooks(hooks.TrialHooks):
         if self.conf.get("max_epochs") and epoch >= self.conf["max_epochs"]:
             return False  # the full budget: the trial completes (nothing left to save)
         entries = []
+        from optuna.trial import TrialState
+
         for t in self.study.get_trials(deepcopy=False):
+            if t.state == TrialState.FAIL and t.number != self.trial.number:
+                continue  # a failed trial is retried as a new trial: count its config once
             v = t.system_attrs.get(key)
             if t.number == self.trial.number:
                 v = [value, cost]
