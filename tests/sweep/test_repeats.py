@@ -35,15 +35,22 @@ def test_summarize_seeds_mean_sd_and_t_interval():
 
 
 def test_repeats_pair_seeds_across_configs_and_tell_the_mean(tmp_path):
-    run_app(["x=choice(0,1,2)", "hydra.sweeper.repeats=3", "hydra.sweeper.seed_key=y",
-             "hydra.sweeper.n_workers=2", "hydra.sweeper.report=false"], tmp_path)
+    run_app(["x=choice(0,1,2,3)", "hydra.sweeper.repeats=3", "hydra.sweeper.seed_key=y",
+             "modes={x3:raise}", "hydra.sweeper.n_workers=2", "hydra.sweeper.report=false"],
+            tmp_path)
     # (a worker may open one extra trial and skip it: the budget was used up by the other)
     trials = [t for t in load_study(tmp_path).get_trials()
               if "coordsweep:skipped" not in t.system_attrs]
+    # a failing seed fails the whole trial, with the seed named
+    failed = [t for t in trials if t.params["x"] == 3]
+    assert [t.state for t in failed] == [TrialState.FAIL]
+    assert failed[0].user_attrs["fail_reason"].startswith("y=0: RuntimeError: boom")
+    trials = [t for t in trials if t.params["x"] != 3]
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     # every config trained once per seed, with the same seeds 0, 1, 2 (common random numbers)
-    assert trainlog(tmp_path) == {f"x={x} y={y} group=a label=plain": 1
-                                  for x in range(3) for y in range(3)}
+    assert trainlog(tmp_path) == {**{f"x={x} y={y} group=a label=plain": 1
+                                     for x in range(3) for y in range(3)},
+                                  "x=3 y=0 group=a label=plain": 1}
     for t in trials:
         x = t.params["x"]
         assert t.params == {"x": x}  # the seed is not an Optuna param
@@ -70,6 +77,7 @@ def test_repeats_pair_seeds_across_configs_and_tell_the_mean(tmp_path):
 
     res = load_results(tmp_path / "test")
     done = res.trials[res.trials["state"] == "complete"]
+    assert (res.trials["state"] == "failed").sum() >= 1
     assert len(done) == 9
     assert sorted(done.groupby("config")["seed"].apply(lambda s: tuple(sorted(s))).unique()) == [(0, 1, 2)]
     cfg = res.configs.set_index("config")
@@ -79,15 +87,6 @@ def test_repeats_pair_seeds_across_configs_and_tell_the_mean(tmp_path):
         assert row["n_seeds"] == 3
         assert row["val_top1_mean"] == pytest.approx(x + 0.1)
         assert row["val_top1_sd"] == pytest.approx(0.1)
-
-
-def test_a_failing_seed_fails_the_trial_with_its_seed(tmp_path):
-    run_app(["x=choice(0,1)", "hydra.sweeper.repeats=2", "hydra.sweeper.seed_key=y",
-             "modes={x1:raise}", "hydra.sweeper.report=false"], tmp_path)
-    trials = {t.params["x"]: t for t in load_study(tmp_path).get_trials()}
-    assert trials[0].state == TrialState.COMPLETE
-    assert trials[1].state == TrialState.FAIL
-    assert trials[1].user_attrs["fail_reason"].startswith("y=0: RuntimeError: boom")
 
 
 @pytest.mark.parametrize("args,message", [
