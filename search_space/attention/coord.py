@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from search_space.attention import _coord_cpu
 from search_space.layers import ACTIVATIONS, GATES, check_choice, create_act, create_gate, reduced_channels
 from search_space.registry import register
 
@@ -134,17 +135,24 @@ class CoordAttn(nn.Module):
         if self.directions == "w":
             a_w = self.gate(_pw(self.conv_w, self._mix(self._pool(x, 2).squeeze(2).transpose(1, 2))))  # (N, W, C)
             return _gate(x, None, a_w.transpose(1, 2).unsqueeze(2))
+        if self.pool == "avg" and _coord_cpu.applies(x):
+            # Fused CPU training path: the big-tensor passes in C++, this module's small middle
+            # part (_gates_hw) in autograd; same values (see _coord_cpu).
+            return _coord_cpu.coord_hw(x, lambda pooled: self._gates_hw(pooled, h, w), list(self.parameters()))
         x_h, x_w = self._pool_hw(x)  # (N, C, H), (N, C, W)
-        y = self._mix(torch.cat([x_h, x_w], dim=2).transpose(1, 2))  # (N, H+W, mip)
+        a_h, a_w = self._gates_hw(torch.cat([x_h, x_w], dim=2).transpose(1, 2), h, w)
+        return _gate(x, a_h.transpose(1, 2).unsqueeze(3), a_w.transpose(1, 2).unsqueeze(2))
+
+    def _gates_hw(self, pooled: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, H+W, C) row/column descriptors -> gates a_h (N, H, C) and a_w (N, W, C)."""
+        y = self._mix(pooled)  # (N, H+W, mip)
         y_h, y_w = torch.split(y, [h, w], dim=1)
         z_h = _pw(self.conv_h, y_h)  # (N, H, C)
         z_w = _pw(self.conv_w, y_w)  # (N, W, C)
         if self.gate is None:  # softmax_hw: H and W logits share one softmax per channel
             z = torch.cat([z_h, z_w], dim=1).softmax(dim=1) * float(h + w)
-            a_h, a_w = torch.split(z, [h, w], dim=1)
-        else:
-            a_h, a_w = self.gate(z_h), self.gate(z_w)
-        return _gate(x, a_h.transpose(1, 2).unsqueeze(3), a_w.transpose(1, 2).unsqueeze(2))
+            return torch.split(z, [h, w], dim=1)
+        return self.gate(z_h), self.gate(z_w)
 
 
 def _autograd_path(x: torch.Tensor) -> bool:

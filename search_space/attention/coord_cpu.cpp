@@ -1,0 +1,459 @@
+// Fused CPU kernels for Coordinate Attention's data path around the big (N, C, H, W) tensor
+// (directions hw, avg pooling). Built on first use by search_space/attention/_coord_cpu.py;
+// registered as torch.ops.coordsweep_ca.*. float32 only; x is NCHW-contiguous or channels_last.
+//
+// Layout of the small tensors exchanged with Python (always shaped as PyTorch sees them):
+//   pooled  (N, H+W, C): rows 0..H-1 = mean over w of each row, rows H.. = mean over h of each column
+//   a_h     (N, H, C), a_w (N, W, C): the gates; ga_h, ga_w: their gradients (same shapes)
+//   g_pooled (N, H+W, C): gradient of `pooled`
+// For channels_last inputs these are (N, L, C)-contiguous; for NCHW inputs the kernels work on
+// (N, C, L)-contiguous buffers and hand back transposed views.
+//
+// Full-tensor passes: forward 1 read (pool) + 1 read / 1 write (gate);
+// backward 2 reads (gate reductions) + 1 read / 1 write (input gradient).
+// Work is split over samples (and channel blocks when N is small) with at::parallel_for, which
+// follows torch.set_num_threads. Each output element is computed in a fixed order whatever the
+// partition, so results do not depend on the number of threads.
+// The channels_last path (what the models use) is the tuned one: loops over the contiguous C
+// with GCC/Clang vector types, reductions blocked over 4 image rows so the per-column partial
+// sums are loaded/stored once per 4 rows. The NCHW path is plain auto-vectorised loops.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <cstdint>
+#include <tuple>
+
+namespace {
+
+// Compile the hot loops for several instruction sets; the loader picks one at run time, so the
+// cached build stays valid on any x86-64 machine.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CA_CLONES
+#endif
+#define CA_INLINE static inline __attribute__((always_inline))
+
+using i64 = int64_t;
+constexpr int kLanes = 16;  // independent partial sums for reductions along the contiguous dim
+
+// ---------------------------------------------------------------- vectors
+// GCC/Clang vector extensions: Vec<16> is one 64-byte line of floats (1 zmm, 2 ymm or 4 xmm,
+// whatever the clone targets), Vec<8> serves channel tails, Vec<1> is a plain float.
+template <int K> struct VecT;
+template <> struct VecT<16> { typedef float type __attribute__((vector_size(64), aligned(4), may_alias)); };
+template <> struct VecT<8> { typedef float type __attribute__((vector_size(32), aligned(4), may_alias)); };
+template <> struct VecT<1> { typedef float type; };
+template <int K> using Vec = typename VecT<K>::type;
+
+template <int K> CA_INLINE Vec<K> ld(const float* p) {
+  Vec<K> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <int K> CA_INLINE void st(float* p, Vec<K> v) { std::memcpy(p, &v, sizeof(v)); }
+
+CA_INLINE void fill0(float* __restrict__ a, i64 n) {
+  for (i64 i = 0; i < n; ++i) a[i] = 0.f;
+}
+CA_INLINE void div_by(float* __restrict__ a, i64 n, float d) {
+  for (i64 i = 0; i < n; ++i) a[i] = a[i] / d;
+}
+
+// ---------------------------------------------------------------- channels_last (NHWC)
+// One task = one sample n and channels [c0, c0 + cn); every pointer is already offset by c0 and
+// pixel rows are C floats apart. The reductions work on blocks of R image rows x K channels:
+// the R row accumulators live in registers while w runs, and the per-column accumulators (an
+// L1-resident W x K strip) are loaded/stored once per R rows instead of once per row.
+constexpr int kRows = 4;
+
+
+template <int K, int R>
+CA_INLINE void pool_blk(const float* x, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 c, float fw) {
+  Vec<K> r[R];
+  for (int i = 0; i < R; ++i) r[i] = Vec<K>{};
+  for (i64 w = 0; w < W; ++w) {
+    float* q = pw + w * C + c;
+    Vec<K> s = ld<K>(q);
+    for (int i = 0; i < R; ++i) {
+      const Vec<K> v = ld<K>(x + ((h0 + i) * W + w) * C + c);
+      r[i] += v;
+      s += v;
+    }
+    st<K>(q, s);
+  }
+  for (int i = 0; i < R; ++i) st<K>(ph + (h0 + i) * C + c, r[i] / fw);
+}
+
+template <int R>
+CA_INLINE void pool_rows(const float* x, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 cn, float fw) {
+  i64 c = 0;
+  for (; c + 16 <= cn; c += 16) pool_blk<16, R>(x, ph, pw, h0, W, C, c, fw);
+  for (; c + 8 <= cn; c += 8) pool_blk<8, R>(x, ph, pw, h0, W, C, c, fw);
+  for (; c < cn; ++c) pool_blk<1, R>(x, ph, pw, h0, W, C, c, fw);
+}
+
+// ph: H rows of row means, pw: W rows of column means.
+CA_CLONES void pool_nhwc(const float* __restrict__ x, float* __restrict__ ph, float* __restrict__ pw,
+                         i64 H, i64 W, i64 C, i64 cn) {
+  const float fw = static_cast<float>(W);
+  for (i64 w = 0; w < W; ++w) fill0(pw + w * C, cn);
+  i64 h = 0;
+  for (; h + kRows <= H; h += kRows) pool_rows<kRows>(x, ph, pw, h, W, C, cn, fw);
+  for (; h < H; ++h) pool_rows<1>(x, ph, pw, h, W, C, cn, fw);
+  for (i64 w = 0; w < W; ++w) div_by(pw + w * C, cn, static_cast<float>(H));
+}
+
+// o = (x * a_w) * a_h, the reference module's order. A plain stream: the compiler vectorises it.
+CA_CLONES void gate_nhwc(const float* __restrict__ x, const float* __restrict__ ah, const float* __restrict__ aw,
+                         float* __restrict__ o, i64 H, i64 W, i64 C, i64 cn) {
+  for (i64 h = 0; h < H; ++h) {
+    const float* a = ah + h * C;
+    for (i64 w = 0; w < W; ++w) {
+      const float* xr = x + (h * W + w) * C;
+      const float* b = aw + w * C;
+      float* orow = o + (h * W + w) * C;
+      for (i64 c = 0; c < cn; ++c) orow[c] = xr[c] * b[c] * a[c];
+    }
+  }
+}
+
+// t = grad * x; ga_h[h] += t * a_w[w] (registers), ga_w[w] += t * a_h[h] (strip).
+template <int K, int R>
+CA_INLINE void gbwd_blk(const float* g, const float* x, const float* ah, const float* aw, float* gah, float* gaw,
+                        i64 h0, i64 W, i64 C, i64 c) {
+  Vec<K> acc[R], a[R];
+  for (int i = 0; i < R; ++i) {
+    acc[i] = Vec<K>{};
+    a[i] = ld<K>(ah + (h0 + i) * C + c);
+  }
+  for (i64 w = 0; w < W; ++w) {
+    float* q = gaw + w * C + c;
+    const Vec<K> b = ld<K>(aw + w * C + c);
+    Vec<K> s = ld<K>(q);
+    for (int i = 0; i < R; ++i) {
+      const i64 off = ((h0 + i) * W + w) * C + c;
+      const Vec<K> t = ld<K>(g + off) * ld<K>(x + off);
+      acc[i] += t * b;
+      s += t * a[i];
+    }
+    st<K>(q, s);
+  }
+  for (int i = 0; i < R; ++i) st<K>(gah + (h0 + i) * C + c, acc[i]);
+}
+
+template <int R>
+CA_INLINE void gbwd_rows(const float* g, const float* x, const float* ah, const float* aw, float* gah, float* gaw,
+                         i64 h0, i64 W, i64 C, i64 cn) {
+  i64 c = 0;
+  for (; c + 16 <= cn; c += 16) gbwd_blk<16, R>(g, x, ah, aw, gah, gaw, h0, W, C, c);
+  for (; c + 8 <= cn; c += 8) gbwd_blk<8, R>(g, x, ah, aw, gah, gaw, h0, W, C, c);
+  for (; c < cn; ++c) gbwd_blk<1, R>(g, x, ah, aw, gah, gaw, h0, W, C, c);
+}
+
+CA_CLONES void gate_bwd_nhwc(const float* __restrict__ g, const float* __restrict__ x, const float* __restrict__ ah,
+                             const float* __restrict__ aw, float* __restrict__ gah, float* __restrict__ gaw,
+                             i64 H, i64 W, i64 C, i64 cn) {
+  for (i64 w = 0; w < W; ++w) fill0(gaw + w * C, cn);
+  i64 h = 0;
+  for (; h + kRows <= H; h += kRows) gbwd_rows<kRows>(g, x, ah, aw, gah, gaw, h, W, C, cn);
+  for (; h < H; ++h) gbwd_rows<1>(g, x, ah, aw, gah, gaw, h, W, C, cn);
+}
+
+// o = grad * a_h * a_w + (gph / W + gpw / H), gph (H rows) and gpw (W rows) being the gradients of
+// the row and column means. Blocked like the reductions: per R rows, a_w and gpw are read once.
+template <int K, int R>
+CA_INLINE void igrad_blk(const float* g, const float* ah, const float* aw, const float* gph, const float* gpw,
+                         float* o, i64 h0, i64 W, i64 C, i64 c, float fw, float fh) {
+  Vec<K> a[R], p[R];
+  for (int i = 0; i < R; ++i) {
+    a[i] = ld<K>(ah + (h0 + i) * C + c);
+    p[i] = ld<K>(gph + (h0 + i) * C + c) / fw;
+  }
+  for (i64 w = 0; w < W; ++w) {
+    const Vec<K> b = ld<K>(aw + w * C + c), q = ld<K>(gpw + w * C + c) / fh;
+    for (int i = 0; i < R; ++i) {
+      const i64 off = ((h0 + i) * W + w) * C + c;
+      st<K>(o + off, ld<K>(g + off) * a[i] * b + (p[i] + q));
+    }
+  }
+}
+
+template <int R>
+CA_INLINE void igrad_rows(const float* g, const float* ah, const float* aw, const float* gph, const float* gpw,
+                          float* o, i64 h0, i64 W, i64 C, i64 cn, float fw, float fh) {
+  i64 c = 0;
+  for (; c + 16 <= cn; c += 16) igrad_blk<16, R>(g, ah, aw, gph, gpw, o, h0, W, C, c, fw, fh);
+  for (; c + 8 <= cn; c += 8) igrad_blk<8, R>(g, ah, aw, gph, gpw, o, h0, W, C, c, fw, fh);
+  for (; c < cn; ++c) igrad_blk<1, R>(g, ah, aw, gph, gpw, o, h0, W, C, c, fw, fh);
+}
+
+CA_CLONES void igrad_nhwc(const float* __restrict__ g, const float* __restrict__ ah, const float* __restrict__ aw,
+                          const float* __restrict__ gph, const float* __restrict__ gpw, float* __restrict__ o,
+                          i64 H, i64 W, i64 C, i64 cn) {
+  const float fw = static_cast<float>(W), fh = static_cast<float>(H);
+  i64 h = 0;
+  for (; h + kRows <= H; h += kRows) igrad_rows<kRows>(g, ah, aw, gph, gpw, o, h, W, C, cn, fw, fh);
+  for (; h < H; ++h) igrad_rows<1>(g, ah, aw, gph, gpw, o, h, W, C, cn, fw, fh);
+}
+
+// ---------------------------------------------------------------- NCHW
+// One task = one (n, c) plane of H x W; ph/ah/... point at that plane's H (or W) entries.
+CA_INLINE float row_sum(const float* __restrict__ x, i64 n) {
+  float acc[kLanes] = {};
+  i64 i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int k = 0; k < kLanes; ++k) acc[k] += x[i + k];
+  float s = 0.f;
+  for (int k = 0; k < kLanes; ++k) s += acc[k];
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+CA_CLONES void pool_nchw(const float* __restrict__ x, float* __restrict__ ph, float* __restrict__ pw, i64 H, i64 W) {
+  fill0(pw, W);
+  for (i64 h = 0; h < H; ++h) {
+    const float* xr = x + h * W;
+    ph[h] = row_sum(xr, W) / static_cast<float>(W);
+    for (i64 w = 0; w < W; ++w) pw[w] += xr[w];
+  }
+  div_by(pw, W, static_cast<float>(H));
+}
+
+CA_CLONES void gate_nchw(const float* __restrict__ x, const float* __restrict__ ah, const float* __restrict__ aw,
+                         float* __restrict__ o, i64 H, i64 W) {
+  for (i64 h = 0; h < H; ++h) {
+    const float a = ah[h];
+    const float* xr = x + h * W;
+    float* orow = o + h * W;
+    for (i64 w = 0; w < W; ++w) orow[w] = xr[w] * aw[w] * a;
+  }
+}
+
+CA_CLONES void gate_bwd_nchw(const float* __restrict__ g, const float* __restrict__ x, const float* __restrict__ ah,
+                             const float* __restrict__ aw, float* __restrict__ gah, float* __restrict__ gaw,
+                             i64 H, i64 W) {
+  fill0(gaw, W);
+  for (i64 h = 0; h < H; ++h) {
+    const float a = ah[h];
+    const float* gr = g + h * W;
+    const float* xr = x + h * W;
+    float acc[kLanes] = {};
+    i64 w = 0;
+    for (; w + kLanes <= W; w += kLanes)
+      for (int k = 0; k < kLanes; ++k) {
+        const float t = gr[w + k] * xr[w + k];
+        acc[k] += t * aw[w + k];
+        gaw[w + k] += t * a;
+      }
+    float s = 0.f;
+    for (int k = 0; k < kLanes; ++k) s += acc[k];
+    for (; w < W; ++w) {
+      const float t = gr[w] * xr[w];
+      s += t * aw[w];
+      gaw[w] += t * a;
+    }
+    gah[h] = s;
+  }
+}
+
+CA_CLONES void igrad_nchw(const float* __restrict__ g, const float* __restrict__ ah, const float* __restrict__ aw,
+                          const float* __restrict__ bh, const float* __restrict__ bw, float* __restrict__ o,
+                          i64 H, i64 W) {
+  for (i64 h = 0; h < H; ++h) {
+    const float a = ah[h], b = bh[h];
+    const float* gr = g + h * W;
+    float* orow = o + h * W;
+    for (i64 w = 0; w < W; ++w) orow[w] = gr[w] * a * aw[w] + (b + bw[w]);
+  }
+}
+
+// ---------------------------------------------------------------- dispatch helpers
+struct Geo {
+  i64 N, C, H, W;
+  bool cl;  // channels_last memory
+};
+
+Geo check_input(const at::Tensor& x, const char* what) {
+  TORCH_CHECK(x.dim() == 4, what, ": expected a 4-D tensor, got ", x.dim(), "-D");
+  TORCH_CHECK(x.device().is_cpu(), what, ": expected a CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, what, ": expected float32, got ", x.scalar_type());
+  Geo g{x.size(0), x.size(1), x.size(2), x.size(3), false};
+  if (x.is_contiguous()) {
+    g.cl = false;
+  } else {
+    TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), what,
+                ": expected NCHW-contiguous or channels_last memory");
+    g.cl = true;
+  }
+  return g;
+}
+
+// A small (N, L, C) tensor as the kernel wants it: (N, L, C)-contiguous for channels_last,
+// (N, C, L)-contiguous (returned as such) for NCHW.
+at::Tensor small_in(const at::Tensor& t, const Geo& g, i64 L, const char* what) {
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == g.N && t.size(1) == L && t.size(2) == g.C, what,
+              ": expected shape (", g.N, ", ", L, ", ", g.C, "), got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu(), what, ": expected a float32 CPU tensor");
+  return g.cl ? t.contiguous() : t.transpose(1, 2).contiguous();
+}
+
+at::Tensor new_big(const Geo& g, const at::Tensor& like) {
+  return at::empty({g.N, g.C, g.H, g.W}, like.options(),
+                   g.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+}
+
+// Channel blocking for channels_last: enough tasks for every thread even when N is small.
+i64 channel_block(const Geo& g) {
+  const i64 threads = at::get_num_threads();
+  if (g.N >= 4 * threads || g.C <= 32) return g.C;
+  const i64 want_blocks = (4 * threads + g.N - 1) / g.N;
+  i64 cb = (g.C + want_blocks - 1) / want_blocks;
+  cb = std::max<i64>(32, (cb + 15) / 16 * 16);
+  return std::min(cb, g.C);
+}
+
+template <typename F>
+void for_nhwc_tasks(const Geo& g, const F& f) {
+  const i64 cb = channel_block(g);
+  const i64 nb = (g.C + cb - 1) / cb;
+  at::parallel_for(0, g.N * nb, 1, [&](i64 begin, i64 end) {
+    for (i64 t = begin; t < end; ++t) {
+      const i64 n = t / nb, c0 = (t % nb) * cb;
+      f(n, c0, std::min(cb, g.C - c0));
+    }
+  });
+}
+
+template <typename F>
+void for_nchw_planes(const Geo& g, const F& f) {
+  const i64 grain = std::max<i64>(1, 16384 / std::max<i64>(1, g.H * g.W));
+  at::parallel_for(0, g.N * g.C, grain, [&](i64 begin, i64 end) {
+    for (i64 p = begin; p < end; ++p) f(p);
+  });
+}
+
+// ---------------------------------------------------------------- ops
+at::Tensor pool_hw(const at::Tensor& x_) {
+  const Geo g = check_input(x_, "pool_hw");
+  const at::Tensor x = x_;
+  const i64 L = g.H + g.W;
+  const float* xp = x.data_ptr<float>();
+  if (g.cl) {
+    at::Tensor out = at::empty({g.N, L, g.C}, x.options());
+    float* op = out.data_ptr<float>();
+    for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
+      float* ph = op + n * L * g.C + c0;
+      pool_nhwc(xp + n * g.H * g.W * g.C + c0, ph, ph + g.H * g.C, g.H, g.W, g.C, cn);
+    });
+    return out;
+  }
+  at::Tensor out = at::empty({g.N, g.C, L}, x.options());
+  float* op = out.data_ptr<float>();
+  for_nchw_planes(g, [&](i64 p) {
+    pool_nchw(xp + p * g.H * g.W, op + p * L, op + p * L + g.H, g.H, g.W);
+  });
+  return out.transpose(1, 2);
+}
+
+at::Tensor gate_hw(const at::Tensor& x, const at::Tensor& a_h_, const at::Tensor& a_w_) {
+  const Geo g = check_input(x, "gate_hw");
+  const at::Tensor a_h = small_in(a_h_, g, g.H, "gate_hw(a_h)");
+  const at::Tensor a_w = small_in(a_w_, g, g.W, "gate_hw(a_w)");
+  at::Tensor out = new_big(g, x);
+  const float *xp = x.data_ptr<float>(), *hp = a_h.data_ptr<float>(), *wp = a_w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  if (g.cl) {
+    for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
+      const i64 big = n * g.H * g.W * g.C + c0;
+      gate_nhwc(xp + big, hp + n * g.H * g.C + c0, wp + n * g.W * g.C + c0, op + big, g.H, g.W, g.C, cn);
+    });
+  } else {
+    for_nchw_planes(g, [&](i64 p) {
+      gate_nchw(xp + p * g.H * g.W, hp + p * g.H, wp + p * g.W, op + p * g.H * g.W, g.H, g.W);
+    });
+  }
+  return out;
+}
+
+// Gradients of the gates: ga_h = sum_w grad * x * a_w, ga_w = sum_h grad * x * a_h.
+std::tuple<at::Tensor, at::Tensor> gate_hw_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                    const at::Tensor& a_h_, const at::Tensor& a_w_) {
+  const Geo g = check_input(x, "gate_hw_backward(x)");
+  TORCH_CHECK(grad.sizes() == x.sizes(), "gate_hw_backward: grad shape ", grad.sizes(), " != x shape ", x.sizes());
+  const Geo gg = check_input(grad, "gate_hw_backward(grad)");
+  TORCH_CHECK(gg.cl == g.cl, "gate_hw_backward: grad and x must share one memory format");
+  const at::Tensor a_h = small_in(a_h_, g, g.H, "gate_hw_backward(a_h)");
+  const at::Tensor a_w = small_in(a_w_, g, g.W, "gate_hw_backward(a_w)");
+  const float *gp = grad.data_ptr<float>(), *xp = x.data_ptr<float>();
+  const float *hp = a_h.data_ptr<float>(), *wp = a_w.data_ptr<float>();
+  at::Tensor ga_h = at::empty_like(a_h), ga_w = at::empty_like(a_w);  // kernel layout
+  float *ghp = ga_h.data_ptr<float>(), *gwp = ga_w.data_ptr<float>();
+  if (g.cl) {
+    for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
+      const i64 big = n * g.H * g.W * g.C + c0, sh = n * g.H * g.C + c0, sw = n * g.W * g.C + c0;
+      gate_bwd_nhwc(gp + big, xp + big, hp + sh, wp + sw, ghp + sh, gwp + sw, g.H, g.W, g.C, cn);
+    });
+    return {ga_h, ga_w};
+  }
+  for_nchw_planes(g, [&](i64 p) {
+    const i64 big = p * g.H * g.W;
+    gate_bwd_nchw(gp + big, xp + big, hp + p * g.H, wp + p * g.W, ghp + p * g.H, gwp + p * g.W, g.H, g.W);
+  });
+  return {ga_h.transpose(1, 2), ga_w.transpose(1, 2)};
+}
+
+// grad_x = grad * a_h * a_w + g_pooled[:, :H] / W (broadcast over w) + g_pooled[:, H:] / H (over h).
+at::Tensor input_grad_hw(const at::Tensor& grad, const at::Tensor& a_h_, const at::Tensor& a_w_,
+                         const at::Tensor& g_pooled_) {
+  const Geo g = check_input(grad, "input_grad_hw(grad)");
+  const at::Tensor a_h = small_in(a_h_, g, g.H, "input_grad_hw(a_h)");
+  const at::Tensor a_w = small_in(a_w_, g, g.W, "input_grad_hw(a_w)");
+  const i64 L = g.H + g.W;
+  const at::Tensor gpool = small_in(g_pooled_, g, L, "input_grad_hw(g_pooled)");
+  at::Tensor out = new_big(g, grad);
+  const float *gp = grad.data_ptr<float>(), *hp = a_h.data_ptr<float>(), *wp = a_w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  if (g.cl) {
+    const float* pp = gpool.data_ptr<float>();
+    for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
+      const i64 big = n * g.H * g.W * g.C + c0, sh = n * g.H * g.C + c0, sw = n * g.W * g.C + c0;
+      const float* pn = pp + n * L * g.C + c0;
+      igrad_nhwc(gp + big, hp + sh, wp + sw, pn, pn + g.H * g.C, op + big, g.H, g.W, g.C, cn);
+    });
+    return out;
+  }
+  // NCHW: the pooled gradients scaled once (small): b[..., :H] = g_pooled / W, b[..., H:] = g_pooled / H.
+  at::Tensor b = gpool.clone();
+  b.narrow(2, 0, g.H).div_(static_cast<double>(g.W));
+  b.narrow(2, g.H, g.W).div_(static_cast<double>(g.H));
+  const float* bp = b.data_ptr<float>();
+  for_nchw_planes(g, [&](i64 p) {
+    const i64 big = p * g.H * g.W;
+    igrad_nchw(gp + big, hp + p * g.H, wp + p * g.W, bp + p * L, bp + p * L + g.H, op + big, g.H, g.W);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(coordsweep_ca, m) {
+  m.def("pool_hw(Tensor x) -> Tensor");
+  m.def("gate_hw(Tensor x, Tensor a_h, Tensor a_w) -> Tensor");
+  m.def("gate_hw_backward(Tensor grad, Tensor x, Tensor a_h, Tensor a_w) -> (Tensor, Tensor)");
+  m.def("input_grad_hw(Tensor grad, Tensor a_h, Tensor a_w, Tensor g_pooled) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(coordsweep_ca, CPU, m) {
+  m.impl("pool_hw", &pool_hw);
+  m.impl("gate_hw", &gate_hw);
+  m.impl("gate_hw_backward", &gate_hw_backward);
+  m.impl("input_grad_hw", &input_grad_hw);
+}
