@@ -79,7 +79,7 @@ def test_config_errors_come_before_any_training():
 
 def test_learns_on_synthetic_data():
     # threshold: chance is 10%; this budget reaches well above it (see bench/RESULTS.md)
-    cfg = tiny_cfg(epochs=4, batch_size=128)
+    cfg = tiny_cfg(attention=AttentionConfig(), epochs=5, batch_size=128)
     # the budget measured to leave chance (no augmentation; clean images): 99.8% val top-1
     cfg["data"].update(synthetic_train=2500, val_size=500, synthetic_test=500, augment=False,
                        synthetic_distractors=0, synthetic_noise=0.0)
