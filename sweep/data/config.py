@@ -84,9 +84,9 @@ class DataConfig:
     # synthetic: generator seed (another seed = other images, same rule)
     synthetic_seed: int = 0
     # synthetic: clutter squares per image (never red, so never a mark)
-    synthetic_distractors: int = 6
+    synthetic_distractors: int = 4
     # synthetic: std of the Gaussian pixel noise (0..255 units)
-    synthetic_noise: float = 12.0
+    synthetic_noise: float = 8.0
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig))

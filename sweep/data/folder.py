@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -61,20 +62,31 @@ def scan(split_dir: Path, class_names: Optional[Sequence[str]] = None) -> Folder
     if unknown:
         raise DataError(f"{split_dir / unknown[0]}: class {unknown[0]!r} is not among the training classes "
                         f"({len(class_names)} classes in the train/ folder)")
+    # stat() calls release the GIL: threads overlap them across class directories
+    with ThreadPoolExecutor(max_workers=min(8, len(dirs))) as ex:
+        listings = list(ex.map(_list_class, [split_dir / c for c in dirs]))
     files, sizes, mtimes, labels = [], [], [], []
-    for c in dirs:
-        entries = sorted((e for e in os.scandir(split_dir / c)
-                          if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()), key=lambda e: e.name)
+    for c, entries in zip(dirs, listings):
         if not entries:
             raise DataError(f"{split_dir / c} holds no images (extensions {', '.join(IMAGE_EXTENSIONS)})")
-        for e in entries:
-            st = e.stat()
-            files.append(f"{split_dir.name}/{c}/{e.name}")
-            sizes.append(st.st_size)
-            mtimes.append(st.st_mtime_ns)
-            labels.append(index[c])
+        prefix = f"{split_dir.name}/{c}/"
+        files += [prefix + name for name, _, _ in entries]
+        sizes += [size for _, size, _ in entries]
+        mtimes += [mtime for _, _, mtime in entries]
+        labels += [index[c]] * len(entries)
     return FolderSplit(split_dir.parent, files, np.asarray(sizes, np.int64), np.asarray(mtimes, np.int64),
                        np.asarray(labels, np.int64), list(class_names))
+
+
+def _list_class(d: Path) -> list:
+    out = []
+    with os.scandir(d) as it:
+        for e in it:
+            if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
+                st = e.stat()
+                out.append((e.name, st.st_size, st.st_mtime_ns))
+    out.sort()
+    return out
 
 
 def decode(root: Path, files: Sequence[str], transform: Tuple[str, int], workers: int = 0) -> np.ndarray:
