@@ -207,3 +207,15 @@ def test_synthetic_larger_images():
     assert x.shape == (20, 3, 64, 64)
     red = (x[:, 0] >= 200) & (x[:, 1] <= 60) & (x[:, 2] <= 60)
     assert (red.reshape(20, -1).sum(1) == 72).all()  # two 6x6 marks
+
+
+def test_batches_keep_the_callers_thread_count(bundle):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in bundle.train_batches(64, seed=0):
+            assert torch.get_num_threads() == 2  # the model step sees the caller's setting
+        for _ in bundle.eval_batches("val", 64):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
