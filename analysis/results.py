@@ -613,7 +613,8 @@ def _aggregate(trials: pd.DataFrame, params: List[str], accuracy: str,
             with np.errstate(invalid="ignore", divide="ignore"):
                 q = np.where(n >= 2, stats.t.ppf(0.975, np.maximum(n - 1, 1)), np.nan)
                 half = q * sd.to_numpy() / np.sqrt(np.maximum(n, 1))
-            out[f"{c}_lo"], out[f"{c}_hi"] = mean - half, mean + half
+            # accuracies are percentages: a t-interval from 2-3 seeds can leave [0, 100]; clip it
+            out[f"{c}_lo"], out[f"{c}_hi"] = (mean - half).clip(lower=0.0), (mean + half).clip(upper=100.0)
     for c in COST_COLUMNS:
         if c in t.columns:
             ran = pd.to_numeric(done[c], errors="coerce").groupby(done["config"]).mean()
