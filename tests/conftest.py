@@ -36,6 +36,18 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def seed_module():
+    """The authors' CA module (../shared/reference/coordatt_seed.py), imported by path."""
+    import importlib.util
+
+    path = shared_path("reference", "coordatt_seed.py")
+    spec = importlib.util.spec_from_file_location("coordatt_seed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tests run with one intra-op thread: tiny CPU ops with 2 OpenMP threads on a busy 2-core

@@ -2,7 +2,6 @@
 SE / CBAM / ECA shapes, parameter counts and ECA's adaptive kernel."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 
@@ -18,26 +17,10 @@ from search_space.layers import ACTIVATIONS
 from tests.conftest import shared_path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: intra-op threads only add OpenMP overhead (100x on a busy 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
-
-@pytest.fixture(scope="module")
-def seed_module():
-    path = shared_path("reference", "coordatt_seed.py")
-    spec = importlib.util.spec_from_file_location("coordatt_seed", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _pair(seed_module, channels: int):

@@ -14,13 +14,6 @@ from search_space.mobilenetv2 import build_model
 from tests.conftest import shared_path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def paper_model(**attention):
     attention.setdefault("name", "ca")

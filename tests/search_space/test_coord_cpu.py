@@ -8,7 +8,6 @@ The extension is built (or loaded from the cache) once per session."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import itertools
 import os
 import subprocess
@@ -34,14 +33,6 @@ def ops():
         pytest.skip(f"the CA kernel did not build here: {_coord_cpu._failed}")
     return ops
 
-
-@pytest.fixture(scope="module")
-def seed_module():
-    path = shared_path("reference", "coordatt_seed.py")
-    spec = importlib.util.spec_from_file_location("coordatt_seed", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture

@@ -18,14 +18,6 @@ KINDS = {"none": None, "ca": CoordAttn, "se": SEModule, "cbam": CbamModule, "eca
 ATTN_TYPES = (CoordAttn, SEModule, CbamModule, EcaModule)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small batches: intra-op threads only add OpenMP overhead on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def cfg(geometry="imagenet", width=1.0, num_classes=1000, **attention):
     attention.setdefault("name", "ca")
