@@ -396,19 +396,8 @@ def count_cost(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224),
     )
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; ``ValueError`` otherwise."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available")
-    return dev
+# One device rule for trials and cost tables (sweep.runtime: no runner code; ConfigError is a ValueError).
+from sweep.runtime import resolve_device  # noqa: E402
 
 
 def _device_name(dev: torch.device) -> str:
