@@ -94,7 +94,7 @@ def _app_main():
         status, run = "ok", 0
         for epoch in range(1, epochs + 1):
             # x=5 reaches rung 1 at once, then trains slowly; the others take `duration`/epoch
-            time.sleep((0.0 if epoch == 1 else 4.0) if x == 5 else float(cfg.duration))
+            time.sleep((0.0 if epoch == 1 else 2.0) if x == 5 else float(cfg.duration))
             run = epoch
             if hooks.current().report(epoch, {"val_top1": x * epoch, "madds": y}):
                 status = "pruned"
@@ -175,7 +175,7 @@ def test_decisions_state_in_storage_and_resume(tmp_path):
 def test_two_workers_share_the_rung_state(tmp_path):
     from optuna.trial import TrialState
 
-    # t0 (5,0) reaches rung 1 at once then trains for 8 s in one worker; meanwhile the other
+    # t0 (5,0) reaches rung 1 at once then trains for 4 s in one worker; meanwhile the other
     # worker's trials reach rung 1 and are judged against it (they would continue if each
     # worker kept its own state: a lone trial continues)
     configs = [(5, 0), (1, 1), (2, 1), (3, 1)]
