@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
            "build": bench_build() if a.build else None, "runs": []}
     t0 = time.perf_counter()
     if _coord_cpu.load() is None:
-        raise SystemExit(f"kernel unavailable: {_coord_cpu._failed}")
+        raise SystemExit(f"kernel unavailable: {_coord_cpu.failure()}")
     res["load_s_this_process"] = time.perf_counter() - t0
     for t in a.threads:
         torch.set_num_threads(t)

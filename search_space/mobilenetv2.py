@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from search_space.attention import build_attention
 from search_space.blocks import InvertedResidual
+from search_space.bn_act import ConvBNReLU6
 from search_space.config import ALL_STAGES, validate_search_space
 from search_space.layers import make_divisible
 from search_space.registry import register
@@ -46,8 +47,8 @@ class MobileNetV2(nn.Module):
         super().__init__()
         divisor = 4 if width == 0.1 else 8
         in_chs = make_divisible(32 * width, divisor)
-        self.stem = nn.Sequential(nn.Conv2d(3, in_chs, 3, STEM_STRIDE[geometry], 1, bias=False),
-                                  nn.BatchNorm2d(in_chs), nn.ReLU6())
+        self.stem = ConvBNReLU6(nn.Conv2d(3, in_chs, 3, STEM_STRIDE[geometry], 1, bias=False),
+                                nn.BatchNorm2d(in_chs), nn.ReLU6())
         blocks = []
         self.block_stages: list[int] = []
         for stage, (t, c, n, s) in enumerate(STAGES, start=1):
@@ -62,8 +63,8 @@ class MobileNetV2(nn.Module):
                 in_chs = out_chs
         self.blocks = nn.Sequential(*blocks)
         self.num_features = make_divisible(1280 * width, divisor) if width > 1.0 else 1280
-        self.head = nn.Sequential(nn.Conv2d(in_chs, self.num_features, 1, bias=False),
-                                  nn.BatchNorm2d(self.num_features), nn.ReLU6())
+        self.head = ConvBNReLU6(nn.Conv2d(in_chs, self.num_features, 1, bias=False),
+                                nn.BatchNorm2d(self.num_features), nn.ReLU6())
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.num_features, num_classes)
         self._init_weights()

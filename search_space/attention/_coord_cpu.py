@@ -37,114 +37,46 @@ CoordAttn's plain PyTorch path. The backward is ``once_differentiable`` (no doub
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import threading
-import time
-import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from search_space._cpp_ext import CACHE_ENV, CppExtension, autocast_on, compiling_or_tracing, switched_on
+
 ENV_SWITCH = "COORDSWEEP_CA_KERNEL"
-CACHE_ENV = "COORDSWEEP_CACHE"
-DEFAULT_CACHE_DIR = "~/.cache/coordsweep"
 SOURCE = Path(__file__).with_name("coord_cpu.cpp")
 EXT_NAME = "coordsweep_ca_cpu"
-CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno"]
-LDFLAGS = ["-fopenmp"]
+__all__ = ["CACHE_ENV", "ENV_SWITCH", "EXT_NAME", "applies", "coord_hw", "enabled", "load", "supported"]
 
-_lock = threading.Lock()
-_ops = None  # torch.ops.coordsweep_ca once loaded
-_failed: Optional[str] = None  # build/load error message, set once
-build_seconds: Optional[float] = None  # time the last load() took in this process
+_EXT = CppExtension(EXT_NAME, SOURCE, "coordsweep_ca", "pool_hw", "CoordAttn", ENV_SWITCH)
 
 
 def enabled() -> bool:
     """The kernel is wanted (``COORDSWEEP_CA_KERNEL`` is not ``0``)."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return switched_on(ENV_SWITCH)
 
 
 def build_directory() -> Path:
     """Where the compiled extension is cached (one folder per Python and torch version)."""
-    root = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}".replace("+", "_")
-    return root / "torch_extensions" / tag / EXT_NAME
-
-
-@contextlib.contextmanager
-def _ninja_on_path():
-    # The pip package `ninja` installs the binary next to the interpreter, which is not on PATH
-    # when the venv is not activated.
-    old = os.environ.get("PATH", "")
-    try:
-        import ninja  # type: ignore
-
-        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + old
-    except ImportError:
-        pass
-    try:
-        yield
-    finally:
-        os.environ["PATH"] = old
-
-
-def _flock(f) -> None:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: torch's own lock file only
-        return
-    fcntl.flock(f, fcntl.LOCK_EX)
+    return _EXT.build_directory()
 
 
 def load(verbose: bool = False):
-    """Build (first time) and load the extension; return ``torch.ops.coordsweep_ca`` or None.
-
-    Thread/process safe: concurrent sweep workers serialise on an ``flock`` (released by the
-    OS if a builder dies, so a killed build never leaves the others waiting). A failure is
-    reported once as a ``RuntimeWarning`` and remembered for the process."""
-    if _ops is not None or _failed is not None:
-        return _ops
-    with _lock:
-        if _ops is None and _failed is None:
-            _load(verbose)
-    return _ops
+    """Build (first time) and load the extension; return ``torch.ops.coordsweep_ca`` or None
+    (see :class:`search_space._cpp_ext.CppExtension`)."""
+    return _EXT.load(verbose)
 
 
-def _load(verbose: bool) -> None:
-    global _ops, _failed, build_seconds
-    t0 = time.perf_counter()
-    try:
-        from torch.utils.cpp_extension import load as load_ext
-
-        bdir = build_directory()
-        bdir.mkdir(parents=True, exist_ok=True)
-        with open(bdir.parent / f"{EXT_NAME}.flock", "w") as lock, _ninja_on_path():
-            _flock(lock)
-            stale = bdir / "lock"  # torch's own baton; only a dead holder of our flock can leave it
-            if stale.exists():
-                stale.unlink()
-            load_ext(EXT_NAME, [str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
-                     build_directory=str(bdir), is_python_module=False, verbose=verbose)
-        _ops = torch.ops.coordsweep_ca
-        _ops.pool_hw  # noqa: B018  (raises if the library did not register its ops)
-    except Exception as e:  # no compiler, no ninja, read-only cache, ...
-        msg = " ".join(str(e).split())
-        _failed = f"{type(e).__name__}: {msg[:400]}{' ...' if len(msg) > 400 else ''}"
-        _ops = None
-        warnings.warn(f"CoordAttn: the fused CPU kernel is unavailable ({_failed}); using the eager "
-                      f"path (set {ENV_SWITCH}=0 to silence)", RuntimeWarning, stacklevel=4)
-    build_seconds = time.perf_counter() - t0
+def failure() -> Optional[str]:
+    """Why the extension is unavailable in this process (None if it loaded or was not tried)."""
+    return _EXT.failed
 
 
-def _autocast_on() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
+def build_seconds() -> Optional[float]:
+    """Seconds the last :func:`load` attempt took in this process."""
+    return _EXT.build_seconds
 
 
 def supported(x: torch.Tensor) -> bool:
@@ -156,18 +88,11 @@ def supported(x: torch.Tensor) -> bool:
 def applies(x: torch.Tensor) -> bool:
     """Use the fused path for this call: enabled, a backward will follow, not tracing or
     compiling, no autocast, a supported tensor, and the extension loads."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or _compiling():
+    if compiling_or_tracing():
         return False  # before touching x: shape queries while tracing make TracerWarnings
-    if not (enabled() and torch.is_grad_enabled() and x.requires_grad and supported(x)) or _autocast_on():
+    if not (enabled() and torch.is_grad_enabled() and x.requires_grad and supported(x)) or autocast_on():
         return False
     return load() is not None
-
-
-def _compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # pragma: no cover - old torch
-        return False
 
 
 def _fmt(x: torch.Tensor) -> torch.memory_format:
@@ -180,7 +105,7 @@ class _CoordHW(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gates, *params):
-        ops = _ops
+        ops = _EXT.ops
         pooled = ops.pool_hw(x)  # (N, H+W, C)
         with torch.enable_grad():
             pooled = pooled.detach().requires_grad_(True)
@@ -195,7 +120,7 @@ class _CoordHW(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        ops = _ops
+        ops = _EXT.ops
         x, pooled, a_h, a_w, *params = ctx.saved_tensors
         if not grad.is_contiguous(memory_format=_fmt(x)):
             grad = grad.contiguous(memory_format=_fmt(x))

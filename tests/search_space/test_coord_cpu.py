@@ -30,7 +30,7 @@ CL = torch.channels_last
 def ops():
     ops = _coord_cpu.load()
     if ops is None:
-        pytest.skip(f"the CA kernel did not build here: {_coord_cpu._failed}")
+        pytest.skip(f"the CA kernel did not build here: {_coord_cpu.failure()}")
     return ops
 
 
