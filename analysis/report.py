@@ -503,7 +503,7 @@ _KIND = {
             "seed by seed (paired)",
     "variants": "named variants; each is compared with the reference seed by seed (paired)",
     "joint": "factors sampled jointly; each level's marginal effect is compared with the default "
-             "level over trials (unpaired; other factors vary)",
+             "level over configurations (unpaired, seeds averaged per configuration; other factors vary)",
     "single": "no design factor swept",
 }
 

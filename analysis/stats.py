@@ -6,8 +6,10 @@ tests corrected for multiple comparisons, and cost deltas, as plain sentences.
   mean, a BCa bootstrap 95% interval (``scipy.stats.bootstrap``) and a paired test
   (``scipy.stats.ttest_rel`` for fewer than 10 pairs, ``scipy.stats.wilcoxon`` from 10 on).
 * Joint studies: the marginal effect of each level of each factor against the default level
-  (the paper default's, else "the rest"), unpaired over trials: difference of means, bootstrap
-  interval over both samples, Welch's t-test (Mann-Whitney U from 10 trials per side).
+  (the paper default's, else "the rest"), unpaired over configurations (the seeds of one
+  configuration are averaged first, so repeats are not counted as independent samples):
+  difference of means, bootstrap interval over both samples, Welch's t-test (Mann-Whitney U
+  from 10 configurations per side).
 
 p-values are Holm-corrected over every answerable comparison of the study (Holm, "A simple
 sequentially rejective multiple test procedure", Scand. J. Statist. 6, 1979). A comparison is
@@ -297,6 +299,9 @@ def compare(res: Results, *, metric: Optional[str] = None, alpha: float = 0.05, 
                            cost=_cost_deltas(a_rows, ref_rows))
             comps.append((c, a, b))
     elif res.kind == "joint":
+        # The unit is the configuration: seeds of one configuration (hydra.sweeper.repeats or a
+        # swept seed) are averaged first, so k repeats do not count as k independent samples.
+        done = _per_config(done, metric)
         ref_params: Dict[str, Any] = {}
         if res.reference is not None:
             rows = res.trials[res.trials["config"] == res.reference]
@@ -354,6 +359,15 @@ def _finite_param(res: Results, p: str) -> bool:
     return isinstance(dist, IntDistribution) and (dist.high - dist.low) // dist.step < 16
 
 
+def _per_config(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per configuration: ``metric`` averaged over its seeds, other columns from its first row."""
+    if rows.empty or not rows["config"].duplicated().any():
+        return rows
+    agg = {c: "first" for c in rows.columns if c not in ("config", metric)}
+    agg[metric] = "mean"
+    return rows.groupby("config", sort=False).agg(agg).reset_index()
+
+
 def _thin(c: Comparison, a: pd.DataFrame, b: pd.DataFrame, min_n: int, min_epochs: int,
           chance: Optional[float], margin: float) -> str:
     """Every reason the evidence is too thin to answer ("; "-joined), or ""."""
@@ -362,7 +376,7 @@ def _thin(c: Comparison, a: pd.DataFrame, b: pd.DataFrame, min_n: int, min_epoch
     if d.paired and d.n_a < min_n:
         reasons.append(f"only {d.n_a} paired seed{'s' if d.n_a != 1 else ''}, need \u2265 {min_n}")
     if not d.paired and min(d.n_a, d.n_b) < min_n:
-        reasons.append(f"only {d.n_a} vs {d.n_b} trials, need \u2265 {min_n} per side")
+        reasons.append(f"only {d.n_a} vs {d.n_b} configs, need \u2265 {min_n} per side")
     epochs = pd.concat([a["epochs_run"], b["epochs_run"]]).dropna()
     if len(epochs) and epochs.min() < min_epochs:
         reasons.append(f"trained only {int(epochs.min())} epoch{'s' if epochs.min() != 1 else ''}, "
@@ -378,7 +392,7 @@ def _sentence(c: Comparison) -> str:
     name = short_name(c.factor)
     head = f"{name}={c.level} vs {c.reference}" if c.factor != VARIANT else f"{c.level} vs {c.reference}"
     interval = f" [{_num(d.lo)}, {_num(d.hi)}]" if math.isfinite(d.lo) else ""
-    n = f"n={d.n_a} pairs" if d.paired else f"n={d.n_a} vs {d.n_b} trials, unpaired"
+    n = f"n={d.n_a} pairs" if d.paired else f"n={d.n_a} vs {d.n_b} configs, unpaired"
     effect = f"{_num(d.diff)} pts {metric_label(c.metric)}{interval}"
     if c.thin:
         p = f"p{_p(d.p)} unadjusted" if math.isfinite(d.p) else ""

@@ -155,7 +155,40 @@ def test_joint_marginal_effects_and_importance(tmp_path):
     imp = param_importances(res)
     ped = imp.values["PED-ANOVA"]
     assert max(ped, key=ped.get) == "attention.reduction"
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        assert "scikit-learn" in imp.skipped["fANOVA"]
+    # scikit-learn is a dependency: fANOVA runs and finds the same factor
+    fan = imp.values["fANOVA"]
+    assert max(fan, key=fan.get) == "attention.reduction" and sum(fan.values()) == pytest.approx(1.0)
+
+
+def test_joint_repeats_count_configurations_not_seeds(tmp_path):
+    """A joint study whose configurations each ran 3 seeds: the unit of the marginal comparison
+    is the configuration (seeds averaged), so n is the number of configurations per level."""
+    from optuna.distributions import CategoricalDistribution
+
+    from analysis.synthetic import TrialSpec, write_study
+
+    rng = np.random.default_rng(0)
+    dists = {"attention.reduction": CategoricalDistribution([8, 32]),
+             "attention.pool": CategoricalDistribution(["avg", "max"]),
+             "seed": CategoricalDistribution([0, 1, 2])}
+    configs = [(8, "avg"), (8, "max"), (32, "avg"), (32, "max"), (8, "avg"), (32, "max")]
+    specs = []
+    for i, (r, pool) in enumerate(configs):
+        for seed in range(3):
+            acc = 60.0 + (2.0 if r == 8 else 0.0) + i * 0.01 + float(rng.normal(0, 0.3))  # i: distinct configs
+            params = {"attention.reduction": r, "attention.pool": pool, "seed": seed}
+            specs.append(TrialSpec(params, dists, metrics={"val_top1": acc, "madds": 9e6, "epochs_run": 6},
+                                   history=[{"epoch": 6, "val_top1": acc}], seed=seed, values=[acc],
+                                   overrides=[f"{k}={v}" for k, v in params.items()],
+                                   attention={"name": "ca", "reduction": r, "pool": pool}))
+    write_study(tmp_path, "joint_rep", specs, objectives={"val_top1": "maximize"},
+                signature={"fixed": ["attention=ca"], "variants": {}})
+    res = load_results(tmp_path)
+    assert res.kind == "joint"
+    n_configs = res.trials.groupby("config").ngroups
+    comps = {(c.factor, c.level): c for c in compare(res, n_resamples=200)}
+    r = comps[("attention.reduction", "8")]
+    # 4 distinct configurations (two were drawn twice), 18 trials: 2 vs 2, not 9 vs 9
+    assert n_configs == 4 and r.difference.n_a == r.difference.n_b == 2
+    assert r.difference.diff == pytest.approx(2.0, abs=0.4)
+    assert "too thin to answer: only 2 vs 2 configs" in r.sentence
