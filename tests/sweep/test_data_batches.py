@@ -158,16 +158,28 @@ def test_imagefolder_style_batches_are_deterministic(tmp_path):
 
 
 # ----------------------------------------------------------------------------- synthetic rule
+def _masks(img: np.ndarray):
+    r, g, b = (img[i].astype(int) for i in range(3))
+    return (r >= 200) & (g <= 60) & (b <= 60), (b >= 200) & (r <= 60) & (g <= 60)
+
+
 def _read_label(img: np.ndarray) -> int:
-    """Recover the label of a noise-free synthetic image from its red marks (the documented rule)."""
-    red = (img[0] >= 200) & (img[1] <= 60) & (img[2] <= 60)
+    """Recover the label of a noise-free synthetic image from its pixels (the documented rule):
+    count the blue marks whose pixel rows are the red mark's rows, and those sharing its columns."""
+    from scipy import ndimage
+
+    red, blue = _masks(img)
     ys, xs = np.nonzero(red)
-    assert len(ys) == 18, "two 3x3 red marks"
-    cols, rows = np.unique(xs), np.unique(ys)
-    if len(rows) == 3:   # same row
-        return (cols.max() - cols.min() - 2) // 4 - 1
-    assert len(cols) == 3
-    return 5 + (rows.max() - rows.min() - 2) // 4 - 1
+    assert ys.max() - ys.min() == xs.max() - xs.min() and len(ys) == (ys.max() - ys.min() + 1) ** 2, "one red square"
+    comps, n = ndimage.label(blue)
+    assert n == synthetic.BLUES, "four separate blue marks"
+    in_row = in_col = 0
+    for k in range(1, n + 1):
+        by, bx = np.nonzero(comps == k)
+        in_row += np.array_equal(np.unique(by), np.unique(ys))
+        in_col += np.array_equal(np.unique(bx), np.unique(xs))
+        assert len(np.intersect1d(by, ys)) in (0, len(np.unique(ys))), "rows shared fully or not at all"
+    return synthetic.PAIRS.index((in_row, in_col))
 
 
 def test_synthetic_images_follow_the_rule():
@@ -176,9 +188,27 @@ def test_synthetic_images_follow_the_rule():
     for img, label in zip(x, y):
         assert _read_label(img) == label
         assert _read_label(img[:, :, ::-1]) == label   # horizontal flip keeps the label
-        red = (img[0] >= 200) & (img[1] <= 60) & (img[2] <= 60)
-        ys, xs = np.nonzero(red)
-        assert ys.min() >= 5 and xs.min() >= 5 and ys.max() <= 27 and xs.max() <= 27  # >= 4 px margin: crop-safe
+        assert _read_label(img[:, ::-1, :]) == label   # and vertical flip
+        red, blue = _masks(img)
+        ys, xs = np.nonzero(red | blue)
+        assert ys.min() >= 4 and xs.min() >= 4 and ys.max() <= 27 and xs.max() <= 27  # >= 4 px margin: crop-safe
+    # every class holds examples of its rule, decoded independently of the generator's lattice
+    assert sorted(set(y.tolist())) == list(range(10))
+    assert synthetic.CLASS_NAMES == ("row0_col0", "row0_col1", "row0_col2", "row0_col3", "row1_col0", "row1_col1",
+                                     "row1_col2", "row2_col0", "row2_col1", "row3_col0")
+
+
+def test_synthetic_marks_sit_on_the_documented_lattice():
+    rng = np.random.default_rng(0)
+    for label in range(synthetic.NUM_CLASSES):
+        target, blues = synthetic.place_marks(rng, label)
+        points = [target, *blues]
+        assert len(set(points)) == 5 and all(0 <= r < 5 and 0 <= c < 5 for r, c in points)
+        a = sum(r == target[0] for r, _ in blues)
+        b = sum(c == target[1] for _, c in blues)
+        assert synthetic.PAIRS[label] == (a, b) and a + b <= 3
+    assert synthetic.lattice_box(0, 0) == (4, 4, 4, 4) and synthetic.lattice_box(4, 4) == (24, 24, 4, 4)
+    assert synthetic.lattice_box(4, 4, image_size=64) == (48, 48, 8, 8)
 
 
 def test_synthetic_is_deterministic_and_balanced():
@@ -186,27 +216,45 @@ def test_synthetic_is_deterministic_and_balanced():
     b, lb = synthetic.generate(200, seed=1)
     assert np.array_equal(a, b) and np.array_equal(la, lb)
     assert np.bincount(la).tolist() == [20] * 10
+    assert sorted(np.bincount(synthetic.generate(95, seed=1)[1]).tolist()) == [9] * 5 + [10] * 5
     c, _ = synthetic.generate(200, seed=2)
     t, _ = synthetic.generate(200, seed=1, split="test")
     assert not np.array_equal(a, c) and not np.array_equal(a, t)
+    with pytest.raises(ValueError, match="split"):
+        synthetic.generate(9, split="val")
 
 
 def test_synthetic_colour_statistics_carry_no_label():
-    x, y = synthetic.generate(2000, seed=0)
+    x, y = synthetic.generate(2000, seed=0, distractors=4, noise=8.0)
     means = x.reshape(len(x), 3, -1).mean(-1)
     per_class = np.stack([means[y == c].mean(0) for c in range(10)])
-    # class means of the channel means differ by sampling noise only: per-image std ~ 30, 200 per class
-    assert np.abs(per_class - means.mean(0)).max() < 8
-    clean, _ = synthetic.generate(500, seed=0, noise=0.0)
-    red = ((clean[:, 0] >= 200) & (clean[:, 1] <= 60) & (clean[:, 2] <= 60)).reshape(len(clean), -1).sum(1)
-    assert (red == 18).all()  # two 3x3 marks in every image, clutter never red
+    # class means of the channel means differ by sampling noise only: per-image std ~ 3, 200 per class
+    assert np.abs(per_class - means.mean(0)).max() < 1.5
+    clean, _ = synthetic.generate(450, seed=0, distractors=6, noise=0.0)
+    red, blue = _masks(clean.transpose(1, 0, 2, 3))
+    assert (red.reshape(len(clean), -1).sum(1) == 16).all()   # one 4x4 red mark in every image,
+    assert (blue.reshape(len(clean), -1).sum(1) == 64).all()  # four 4x4 blue ones, clutter never either
 
 
 def test_synthetic_larger_images():
-    x, y = synthetic.generate(20, seed=0, image_size=64, noise=0.0)
-    assert x.shape == (20, 3, 64, 64)
-    red = (x[:, 0] >= 200) & (x[:, 1] <= 60) & (x[:, 2] <= 60)
-    assert (red.reshape(20, -1).sum(1) == 72).all()  # two 6x6 marks
+    x, y = synthetic.generate(18, seed=0, image_size=64, noise=0.0)
+    assert x.shape == (18, 3, 64, 64)
+    red, blue = _masks(x.transpose(1, 0, 2, 3))
+    assert (red.reshape(18, -1).sum(1) == 64).all() and (blue.reshape(18, -1).sum(1) == 256).all()  # 8x8 marks
+
+
+def test_synthetic_crop_and_flip_keep_the_label(tmp_path):
+    """Augmented training batches (pad 4 + random crop + flip), mapped back to pixels, still follow the rule."""
+    b = load_data({**SMALL, "synthetic_noise": 0.0, "augment": True, "crop": "pad", "flip": True,
+                   "cache_dir": str(tmp_path)})
+    scale, shift = augment.norm_affine(b.mean, b.std, "cpu")
+    shifted = 0
+    for x, y in b.train_batches(100, seed=3):
+        u8 = ((x - shift) / scale).round().clamp(0, 255).to(torch.uint8).numpy()
+        shifted += int((u8[:, :, 0, :] == 0).all(1).any(1).sum())  # black padding rows show the crop moved
+        for img, label in zip(u8, y.tolist()):
+            assert _read_label(img) == label
+    assert shifted > 100
 
 
 def test_batches_keep_the_callers_thread_count(bundle):

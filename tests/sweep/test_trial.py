@@ -78,13 +78,13 @@ def test_config_errors_come_before_any_training():
 
 
 def test_learns_on_synthetic_data():
-    # threshold: chance is 10%; this budget reaches well above it (see bench/RESULTS.md)
-    cfg = tiny_cfg(attention=AttentionConfig(), epochs=5, batch_size=128)
-    # the budget measured to leave chance (no augmentation; clean images): 99.8% val top-1
+    # chance is 10%; this budget (155 steps of 64, lr 0.03; no attention) reaches 80-94% val top-1
+    # over seeds 0-2, rising gradually (bench/synthetic_learning.py). At lr 0.1 it stays near chance.
+    cfg = tiny_cfg(attention=AttentionConfig(), epochs=5, batch_size=64, lr=0.03)
     cfg["data"].update(synthetic_train=2500, val_size=500, synthetic_test=500, augment=False,
                        synthetic_distractors=0, synthetic_noise=0.0)
     m = run_trial(cfg)
-    assert m["val_top1"] > 25.0, m
+    assert m["steps"] == 155 and m["val_top1"] > 40.0, m
 
 
 def test_learns_on_real_cifar10():
