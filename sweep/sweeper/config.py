@@ -114,6 +114,8 @@ class CoordSweeperConf:
     # or jobs of the configured launcher: joblib, submitit, ray)
     n_workers: int = 1
     # reuse the stored result of a COMPLETE trial with identical params instead of training
+    # (not with the grid sampler: a grid point runs once, a second draw of it is skipped and
+    # uses no budget)
     reuse_completed: bool = True
     # RDB storages: seconds between heartbeats of a running trial (null = no heartbeat)
     heartbeat_interval: Optional[int] = 60

@@ -27,7 +27,7 @@ from sweep.sweeper.params import (VARIANT, Groups, SearchSpace, build_space, che
                                   expand_ofat, format_value)
 from sweep.sweeper.samplers import (make_pruner, make_sampler, parse_constraints,
                                     parse_objectives, resolve_sampler_name)
-from sweep.sweeper.worker import SweepPlan, WorkerTask
+from sweep.sweeper.worker import SweepPlan, WorkerTask, work_left
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +352,7 @@ class CoordSweeperImpl:
         retry = plan.retry()
         st.fail_dead_local_trials(study, retry)
         st.fail_stale_trials(study, retry)
+        fail_orphaned_trials(study, plan, retry)
         trials = study.get_trials(deepcopy=False)
         done = len([t for t in trials if t.state.is_finished()])
         launcher = str(OmegaConf.select(self.config, "hydra.launcher._target_"))
@@ -371,7 +372,7 @@ class CoordSweeperImpl:
         def has_work() -> bool:
             if plan.deadline is not None and time.time() >= plan.deadline:
                 return False
-            return st.work_left(study.get_trials(deepcopy=False), plan.n_trials)
+            return work_left(plan, study.get_trials(deepcopy=False))
 
         task = WorkerTask(plan, self.task_function, self.hydra_context, masked)
         if not has_work():
@@ -476,6 +477,53 @@ class CoordSweeperImpl:
         for line in paths.answers:
             log.info(line)
         log.info(f"coordsweep: report {paths.html} (Markdown: {paths.markdown})")
+
+
+def orphan_grace(plan: SweepPlan) -> float:
+    """Seconds after which a running trial without a worker is an orphan: the heartbeat's
+    grace period (2 x the interval when unset), 120 s without a heartbeat."""
+    if plan.grace_period:
+        return float(plan.grace_period)
+    return 2.0 * float(plan.heartbeat_interval) if plan.heartbeat_interval else 120.0
+
+
+def fail_orphaned_trials(study, plan: SweepPlan, retry, *, poll: float = 0.2) -> List[int]:
+    """Fail and re-queue RUNNING trials that never got a worker.
+
+    A worker records itself on a trial (``storage.WORKER``) as its objective starts, a few
+    milliseconds after Optuna created the trial (or popped it from the queue). A worker killed
+    in between leaves a RUNNING trial that no dead-worker check can attribute and that may
+    have no heartbeat either; it would hold its config and a unit of budget forever, so the
+    resumed sweep would end without it. Such a trial is failed (with the reason) and
+    re-queued once it is older than ``orphan_grace``; younger ones are waited for, since a
+    live worker of another sweep may be about to record itself on them.
+
+    Returns the numbers of the trials failed.
+    """
+    from datetime import datetime
+
+    grace = orphan_grace(plan)
+    failed: List[int] = []
+    announced = False
+    while True:
+        orphans = [t for t in st.running_trials(study) if st.WORKER not in t.system_attrs]
+        now = datetime.now()
+        ages = {t.number: (now - t.datetime_start).total_seconds() if t.datetime_start else grace
+                for t in orphans}
+        old = [t for t in orphans if ages[t.number] >= grace]
+        if old:
+            failed += st.fail_trials(study, old, (
+                f"no worker ever started this trial (its worker was killed between creating it "
+                f"and running it); failed after {grace:g} s"), retry)
+        young = [t for t in orphans if ages[t.number] < grace]
+        if not young:
+            return failed
+        if not announced:
+            log.info(f"coordsweep: trial(s) {[t.number for t in young]} are RUNNING without a "
+                     f"worker; waiting up to {grace - max(ages[t.number] for t in young):.0f} s "
+                     f"for a worker to claim them before re-queuing them")
+            announced = True
+        time.sleep(min(poll, max(0.01, grace - max(ages[t.number] for t in young))))
 
 
 def _complete(space: SearchSpace, fixed: Mapping[str, Any]) -> Optional[Dict[str, Any]]:

@@ -113,7 +113,7 @@ def make_sampler(name: str, options: Mapping[str, Any], *, seed: Optional[int],
     if name in SINGLE_OBJECTIVE and n_objectives > 1:
         raise ConfigError(f"hydra.sweeper.sampler.name={name} handles a single objective; this "
                           f"sweep has {n_objectives} (use tpe, nsgaii, nsgaiii, gp or random)")
-    cls = getattr(optuna.samplers, SAMPLERS[name])
+    cls = _grid_sampler_class() if name == "grid" else getattr(optuna.samplers, SAMPLERS[name])
     kwargs = _check_options(cls, dict(options or {}), "hydra.sweeper.sampler.options",
                             reserved=("search_space", "seed", "constraints_func"))
     params = inspect.signature(cls.__init__).parameters
@@ -132,6 +132,31 @@ def make_sampler(name: str, options: Mapping[str, Any], *, seed: Optional[int],
                           f"(e.g. pip install cmaes for cmaes)") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"hydra.sweeper.sampler ({name}): {e}") from None
+
+
+_GRID_SAMPLER = None
+
+
+def _grid_sampler_class():
+    """Optuna's GridSampler without its own stop rule.
+
+    GridSampler stops the study after a trial when it sees no unvisited grid point, counting
+    every finished trial as a visit: a failed trial whose retry is still queued, or the last
+    missing point drawn twice and skipped by both workers. The worker's ``work_left`` (queued
+    trials, budget, grid points held by no trial) decides when to stop instead.
+    """
+    global _GRID_SAMPLER
+    if _GRID_SAMPLER is None:
+        import optuna
+
+        class GridSampler(optuna.samplers.GridSampler):
+            __doc__ = _grid_sampler_class.__doc__
+
+            def after_trial(self, study, trial, state, values) -> None:
+                return None
+
+        _GRID_SAMPLER = GridSampler
+    return _GRID_SAMPLER
 
 
 def make_pruner(name: str, options: Mapping[str, Any], *, n_objectives: int):
