@@ -78,6 +78,14 @@ HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
 
 
+def _wait_for(path: Path, what: str, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if time.time() > deadline:
+            raise RuntimeError(f"handshake: {what} ({path}) did not appear within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
 def _app_main():
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -91,12 +99,27 @@ def _app_main():
         if os.environ.get("TRAINLOG"):
             with open(os.environ["TRAINLOG"], "a") as f:
                 f.write(f"{os.getpid()} x={cfg.x} y={cfg.y}\n")
+        # RUNG_HANDSHAKE=<dir>: the trial with x=5 is the "slow" one. The others wait for it to
+        # be at rung 1 before they report epoch 1 (so they are judged against it), and it waits
+        # for each of them to be judged before it goes on (so it is still running meanwhile):
+        # the overlap comes from marker files, not from sleep lengths. Waits are bounded.
+        handshake = os.environ.get("RUNG_HANDSHAKE")
+        markers = Path(handshake) if handshake else None
         status, run = "ok", 0
         for epoch in range(1, epochs + 1):
-            # x=5 reaches rung 1 at once, then trains slowly; the others take `duration`/epoch
-            time.sleep((0.0 if epoch == 1 else 2.0) if x == 5 else float(cfg.duration))
+            time.sleep(float(cfg.duration))
             run = epoch
-            if hooks.current().report(epoch, {"val_top1": x * epoch, "madds": y}):
+            if markers is not None and epoch == 1 and x != 5:
+                _wait_for(markers / "slow-at-rung1", "the slow trial at rung 1")
+            stop = hooks.current().report(epoch, {"val_top1": x * epoch, "madds": y})
+            if markers is not None and epoch == 1:
+                if x == 5:
+                    (markers / "slow-at-rung1").write_text(str(os.getpid()))
+                    for other in os.environ["RUNG_HANDSHAKE_OTHERS"].split():
+                        _wait_for(markers / f"judged-{other}", f"trial {other} judged at rung 1")
+                else:
+                    (markers / f"judged-{cfg.x},{cfg.y}").write_text(str(stop))
+            if stop:
                 status = "pruned"
                 break
         out = Path(HydraConfig.get().runtime.output_dir)
@@ -107,10 +130,10 @@ def _app_main():
     main()
 
 
-def _run(args, root: Path, check: bool = True) -> subprocess.CompletedProcess:
+def _run(args, root: Path, check: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
     root.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), SWEEP_DIR=str(root),
-               TRAINLOG=str(root / "trainlog.txt"))
+               TRAINLOG=str(root / "trainlog.txt"), **extra_env)
     proc = subprocess.run([sys.executable, str(HERE), "-m", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120)
     if check and proc.returncode != 0:
@@ -172,25 +195,34 @@ def test_decisions_state_in_storage_and_resume(tmp_path):
             assert t.user_attrs["epochs_run"] == 3 and t.values == [3 * x, y]
 
 
-@pytest.mark.xfail(strict=False, reason="the overlap check (every other trial started before the slow "
-                   "one completed) failed in 2 of 3 fresh-clone runs: the second worker can start late; "
-                   "the PRUNED/COMPLETE decisions above it held every time (noted on issue 6)")
 def test_two_workers_share_the_rung_state(tmp_path):
     from optuna.trial import TrialState
 
-    # t0 (5,0) reaches rung 1 at once then trains for 4 s in one worker; meanwhile the other
-    # worker's trials reach rung 1 and are judged against it (they would continue if each
-    # worker kept its own state: a lone trial continues)
+    # t0 (5,0) reaches rung 1, then waits (handshake, see _app_main) until each other trial
+    # has been judged at rung 1; the others, in the other worker (the waiting one holds its
+    # own), report rung 1 only once t0 is there. Judged against t0 (it dominates them) they
+    # stop; had each worker kept its own rung state, t1 would continue (a lone trial does).
     configs = [(5, 0), (1, 1), (2, 1), (3, 1)]
-    _run([*SPACE, *MO, *_enqueue(configs), "hydra.sweeper.n_trials=4", "duration=0.6",
-          "hydra.sweeper.n_workers=2"], tmp_path)
-    trials = {(t.params["x"], t.params["y"]): t for t in _finished(tmp_path)}
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    others = " ".join(f"{x},{y}" for x, y in configs[1:])
+    _run([*SPACE, *MO, *_enqueue(configs), "hydra.sweeper.n_trials=4",
+          "hydra.sweeper.n_workers=2"], tmp_path / "sweep",
+         RUNG_HANDSHAKE=str(markers), RUNG_HANDSHAKE_OTHERS=others)
+    trials = {(t.params["x"], t.params["y"]): t for t in _finished(tmp_path / "sweep")}
     assert len(trials) == 4
     assert trials[(5, 0)].state == TrialState.COMPLETE
+    assert trials[(5, 0)].user_attrs["epochs_run"] == 3
     assert [trials[c].state for c in configs[1:]] == [TrialState.PRUNED] * 3
     assert all(trials[c].user_attrs["epochs_run"] == 1 for c in configs[1:])
-    assert len({t.user_attrs["pid"] for t in trials.values()}) == 2
-    # each was judged against (5, 0) while it was still running in the other worker
+    assert all(trials[c].user_attrs["stopped_at_rung"] == 1 for c in configs[1:])
+    # the decisions were taken in the other process: two workers, the slow one ran t0 only
+    pids = {c: t.user_attrs["pid"] for c, t in trials.items()}
+    assert len(set(pids.values())) == 2
+    assert all(pids[c] != pids[(5, 0)] for c in configs[1:])
+    # what each of them saw at rung 1: t0's entry, written by the other worker
+    assert trials[(5, 0)].system_attrs[f"{RUNG_ATTR}1"] == [5, 0]
+    assert sorted((markers / f"judged-{x},{y}").read_text() for x, y in configs[1:]) == ["True"] * 3
     first = trials[(5, 0)]
     assert all(t.datetime_start < first.datetime_complete for c, t in trials.items() if c != (5, 0))
 
