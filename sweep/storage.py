@@ -235,12 +235,18 @@ class RetryCallback:
             distributions=trial.distributions, user_attrs=user_attrs, system_attrs=system_attrs))
 
 
-def _proc_start(pid: int) -> Optional[str]:
+def _proc_stat(pid: int) -> Optional[List[str]]:
+    """Fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            return f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _proc_start(pid: int) -> Optional[str]:
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def worker_identity(run_id: str, slot: str) -> Dict[str, Any]:
@@ -261,7 +267,10 @@ def process_alive(ident: Mapping[str, Any]) -> Optional[bool]:
         return False
     except PermissionError:
         pass
-    start = _proc_start(pid)
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # killed, not yet reaped: dead
+        return False
+    start = fields[19] if fields and len(fields) > 19 else None
     return start is None or ident.get("start") is None or start == ident.get("start")
 
 

@@ -83,10 +83,10 @@ class DataConfig:
     synthetic_test: int = 2000
     # synthetic: generator seed (another seed = other images, same rule)
     synthetic_seed: int = 0
-    # synthetic: clutter squares per image (never red, so never a mark)
-    synthetic_distractors: int = 4
+    # synthetic: green-to-yellow clutter squares per image (never red or blue, so never a mark)
+    synthetic_distractors: int = 0
     # synthetic: std of the Gaussian pixel noise (0..255 units)
-    synthetic_noise: float = 8.0
+    synthetic_noise: float = 0.0
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(DataConfig))

@@ -259,3 +259,27 @@ def test_many_trials_two_workers_postgres_with_kills(tmp_path, postgres):
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["x"] for t in done) == list(range(24))
     assert sorted(t.params["x"] for t in trials if t.state == TrialState.FAIL) == [5, 17]
+
+
+def test_a_killed_but_unreaped_worker_counts_as_dead():
+    """A zombie (exited, parent has not waited yet) must not hold its trial as alive."""
+    import subprocess
+    import sys
+    import time
+
+    from sweep.storage import _proc_start, process_alive
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.2)
+        ident = {"host": __import__("socket").gethostname(), "pid": p.pid, "start": _proc_start(p.pid)}
+        assert process_alive(ident) is True
+        p.kill()
+        for _ in range(100):  # not waited: the child stays a zombie until p.wait()
+            if open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.05)
+        assert process_alive(ident) is False
+    finally:
+        p.kill()
+        p.wait()
