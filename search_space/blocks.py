@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from search_space.bn_act import bn_relu6
+from search_space.bn_act import bn_relu6_attn
 from search_space.config import POSITIONS  # noqa: E402  (post_expand, post_dw, post_project, post_add)
 
 
@@ -65,8 +65,8 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.post_expand(bn_relu6(self.bn1, self.act1, self.conv_pw(x)))
-        x = self.post_dw(bn_relu6(self.bn2, self.act2, self.conv_dw(x)))
+        x = bn_relu6_attn(self.bn1, self.act1, self.post_expand, self.conv_pw(x))
+        x = bn_relu6_attn(self.bn2, self.act2, self.post_dw, self.conv_dw(x))
         x = self.post_project(self.bn3(self.conv_pwl(x)))
         if self.has_skip:
             x = x + shortcut

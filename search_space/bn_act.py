@@ -100,14 +100,32 @@ def bn_relu6(bn: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not applies(bn, act, x):
         return act(bn(x))
     y, mean, var = _BNReLU6.apply(x, bn.weight, bn.bias, bn.eps)
-    if bn.track_running_stats and bn.running_mean is not None:
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            n = x.numel() // x.shape[1]
-            bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
-            bn.running_var.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)
+    update_running_stats(bn, mean, var, x.numel() // x.shape[1])
     return y
+
+
+def bn_relu6_attn(bn: nn.Module, act: nn.Module, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``attn(act(bn(x)))``. An attention module may fuse itself with the fused BN + ReLU6 by
+    defining ``after_bn_relu6(bn, x)`` (return the output, or None to decline); it is asked only
+    when :func:`applies` holds and no forward hooks are registered on it."""
+    fused = getattr(attn, "after_bn_relu6", None)
+    if fused is not None and not (attn._forward_hooks or attn._forward_pre_hooks) and applies(bn, act, x):
+        out = fused(bn, x)
+        if out is not None:
+            return out
+    return attn(bn_relu6(bn, act, x))
+
+
+def update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+    """``bn``'s running mean / variance and batch counter as ``nn.BatchNorm2d`` updates them in
+    training, from the batch mean and biased variance ``var`` of ``n`` values per channel."""
+    if not (bn.track_running_stats and bn.running_mean is not None):
+        return
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
+        bn.running_var.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)
 
 
 class ConvBNReLU6(nn.Sequential):

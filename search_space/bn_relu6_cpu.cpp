@@ -151,13 +151,13 @@ void rows_parallel(i64 M, i64 C, F&& fn) {
   at::parallel_for(0, M, grain, [&](i64 begin, i64 end) { fn(begin, end - begin); });
 }
 
-// -> (y, mean, invstd, var); (C,) float32; var is the biased variance BN normalises with.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu6_forward(const at::Tensor& x, const at::Tensor& weight,
-                                                                 const at::Tensor& bias, double eps) {
+// Batch statistics of x: -> (mean, invstd, var); (C,) float32; var is the biased variance BN
+// normalises with. Shared by bn_relu6_forward and by the fused BN+ReLU6+CoordAttn path
+// (search_space/attention/coord_cpu.cpp), which normalises on the fly instead of writing y.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_stats(const at::Tensor& x, double eps) {
   check_input(x, "x");
   const i64 C = x.size(1), M = x.numel() / C;
   TORCH_CHECK(M > 0, "x must not be empty");
-  const at::Tensor w = vec_f(weight, C, "weight"), bb = vec_f(bias, C, "bias");
   const float* xp = x.data_ptr<float>();
   std::vector<float> k(xp, xp + C);  // shift: the first row
   std::vector<double> s, q;
@@ -166,9 +166,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu6_forward(cons
   });
   at::Tensor mean = at::empty({C}, x.options()), invstd = at::empty({C}, x.options()),
              variance = at::empty({C}, x.options());
-  std::vector<float> a(C), b(C);
-  const float* wp = w.data_ptr<float>();
-  const float* bp = bb.data_ptr<float>();
   float* mp = mean.data_ptr<float>();
   float* ip = invstd.data_ptr<float>();
   float* vp = variance.data_ptr<float>();
@@ -179,7 +176,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu6_forward(cons
     vp[c] = static_cast<float>(var);
     ip[c] = static_cast<float>(1.0 / std::sqrt(var + eps));
   }
-  affine(wp, bp, ip, C, a.data(), b.data());
+  return {mean, invstd, variance};
+}
+
+// -> (y, mean, invstd, var)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu6_forward(const at::Tensor& x, const at::Tensor& weight,
+                                                                 const at::Tensor& bias, double eps) {
+  check_input(x, "x");
+  const i64 C = x.size(1), M = x.numel() / C;
+  TORCH_CHECK(M > 0, "x must not be empty");
+  const at::Tensor w = vec_f(weight, C, "weight"), bb = vec_f(bias, C, "bias");
+  auto [mean, invstd, variance] = bn_stats(x, eps);
+  std::vector<float> a(C), b(C);
+  affine(w.data_ptr<float>(), bb.data_ptr<float>(), invstd.data_ptr<float>(), C, a.data(), b.data());
+  const float* xp = x.data_ptr<float>();
+  const float* mp = mean.data_ptr<float>();
   at::Tensor y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   float* yp = y.data_ptr<float>();
   rows_parallel(M, C, [&](i64 r0, i64 rows) { norm_clamp_rows(xp + r0 * C, yp + r0 * C, rows, C, a.data(), b.data(), mp); });
@@ -225,12 +236,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu6_backward(const at::Tenso
 }  // namespace
 
 TORCH_LIBRARY(coordsweep_bn, m) {
+  m.def("bn_stats(Tensor x, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("bn_relu6_forward(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("bn_relu6_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor invstd)"
         " -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(coordsweep_bn, CPU, m) {
+  m.impl("bn_stats", bn_stats);
   m.impl("bn_relu6_forward", bn_relu6_forward);
   m.impl("bn_relu6_backward", bn_relu6_backward);
 }

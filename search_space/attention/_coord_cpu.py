@@ -43,12 +43,15 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
+from search_space import bn_act
 from search_space._cpp_ext import CACHE_ENV, CppExtension, autocast_on, compiling_or_tracing, switched_on
 
 ENV_SWITCH = "COORDSWEEP_CA_KERNEL"
+FUSE_BN_SWITCH = "COORDSWEEP_CA_FUSE_BN"  # 0: keep BN + ReLU6 and CA as two fused ops (benchmarks)
 SOURCE = Path(__file__).with_name("coord_cpu.cpp")
 EXT_NAME = "coordsweep_ca_cpu"
-__all__ = ["CACHE_ENV", "ENV_SWITCH", "EXT_NAME", "applies", "coord_hw", "enabled", "load", "supported"]
+__all__ = ["CACHE_ENV", "ENV_SWITCH", "EXT_NAME", "FUSE_BN_SWITCH", "applies", "bn_coord_hw", "coord_hw", "enabled",
+           "fuse_bn_enabled", "load", "supported"]
 
 _EXT = CppExtension(EXT_NAME, SOURCE, "coordsweep_ca", "pool_hw", "CoordAttn", ENV_SWITCH)
 
@@ -56,6 +59,11 @@ _EXT = CppExtension(EXT_NAME, SOURCE, "coordsweep_ca", "pool_hw", "CoordAttn", E
 def enabled() -> bool:
     """The kernel is wanted (``COORDSWEEP_CA_KERNEL`` is not ``0``)."""
     return switched_on(ENV_SWITCH)
+
+
+def fuse_bn_enabled() -> bool:
+    """CA may absorb the BatchNorm + ReLU6 before it (``COORDSWEEP_CA_FUSE_BN`` is not ``0``)."""
+    return switched_on(FUSE_BN_SWITCH)
 
 
 def build_directory() -> Path:
@@ -136,6 +144,65 @@ class _CoordHW(torch.autograd.Function):
         for i, g in zip(want, grads):
             grad_params[i] = g
         return (grad_x, None, *grad_params)
+
+
+class _BNCoordHW(torch.autograd.Function):
+    """``CA(ReLU6(BN(x)))`` for a training-mode BatchNorm, fused: y = ReLU6(BN(x)) is never
+    stored (see ``coord_cpu.cpp``, "fused with the preceding BN + ReLU6"). Returns the output
+    and BN's batch mean and biased variance (for the running statistics)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, gates, *params):
+        ops, bn_ops = _EXT.ops, bn_act.load()
+        mean, invstd, var = bn_ops.bn_stats(x, eps)
+        a = (weight.detach().float() * invstd).contiguous()  # the BN kernel's scale, bit for bit
+        b = bias.detach().float().contiguous()
+        pooled = ops.pool_hw_bn(x, mean, a, b)  # (N, H+W, C)
+        with torch.enable_grad():
+            pooled = pooled.detach().requires_grad_(True)
+            a_h, a_w = gates(pooled)
+            a_h, a_w = a_h.to(x.dtype), a_w.to(x.dtype)
+        out = ops.gate_hw_bn(x, mean, a, b, a_h.detach(), a_w.detach())
+        ctx.save_for_backward(x, mean, invstd, a, b, pooled, a_h, a_w, *params)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad, _gm, _gv):
+        ops = _EXT.ops
+        x, mean, invstd, a, b, pooled, a_h, a_w, *params = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        ah, aw = a_h.detach(), a_w.detach()
+        ga_h, ga_w, mk, mkx, s1, s1x = ops.bn_gate_hw_backward(grad, x, mean, a, b, ah, aw)
+        want = [i for i, _ in enumerate(params) if ctx.needs_input_grad[5 + i]]
+        grads = list(torch.autograd.grad((a_h, a_w), [pooled] + [params[i] for i in want], (ga_h, ga_w),
+                                         retain_graph=True, allow_unused=True))
+        g_pooled = grads.pop(0)
+        if g_pooled is None:
+            g_pooled = torch.zeros_like(pooled)
+        grad_x, grad_w, grad_b = ops.bn_input_grad_hw(grad, x, mean, invstd, a, b, ah, aw, g_pooled, mk, mkx, s1, s1x)
+        grad_params = [None] * len(params)
+        for i, g in zip(want, grads):
+            grad_params[i] = g
+        return (grad_x if ctx.needs_input_grad[0] else None, grad_w if ctx.needs_input_grad[1] else None,
+                grad_b if ctx.needs_input_grad[2] else None, None, None, *grad_params)
+
+
+def bn_coord_hw(bn: torch.nn.BatchNorm2d, x: torch.Tensor, gates: Callable[[torch.Tensor], tuple],
+                params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Fused ``CA(ReLU6(bn(x)))`` (directions hw, avg pooling) for a training-mode ``bn``; call only
+    when :func:`applies` and ``search_space.bn_act.applies(bn, ReLU6, x)`` hold. Updates ``bn``'s
+    running statistics like ``nn.BatchNorm2d``.
+
+    Args:
+        bn: the BatchNorm2d before the ReLU6 (affine, training mode).
+        x: its (N, C, H, W) float32 channels_last input.
+        gates, params: as for :func:`coord_hw`.
+    """
+    out, mean, var = _BNCoordHW.apply(x, bn.weight, bn.bias, bn.eps, gates, *[p for p in params if p.requires_grad])
+    bn_act.update_running_stats(bn, mean, var, x.numel() // x.shape[1])
+    return out
 
 
 def coord_hw(x: torch.Tensor, gates: Callable[[torch.Tensor], tuple], params: Sequence[torch.Tensor]) -> torch.Tensor:

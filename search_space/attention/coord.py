@@ -143,6 +143,16 @@ class CoordAttn(nn.Module):
         a_h, a_w = self._gates_hw(torch.cat([x_h, x_w], dim=2).transpose(1, 2), h, w)
         return _gate(x, a_h.transpose(1, 2).unsqueeze(3), a_w.transpose(1, 2).unsqueeze(2))
 
+    def after_bn_relu6(self, bn: nn.Module, x: torch.Tensor):
+        """``self(ReLU6(bn(x)))`` fused with the BN for the CPU training path, or None where that
+        path does not apply (see ``search_space.bn_act.bn_relu6_attn`` and ``_coord_cpu``)."""
+        if self.directions != "hw" or self.pool != "avg" or not _coord_cpu.fuse_bn_enabled():
+            return None
+        if not _coord_cpu.applies(x):
+            return None
+        h, w = x.shape[-2:]
+        return _coord_cpu.bn_coord_hw(bn, x, lambda pooled: self._gates_hw(pooled, h, w), list(self.parameters()))
+
     def _gates_hw(self, pooled: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, H+W, C) row/column descriptors -> gates a_h (N, H, C) and a_w (N, W, C)."""
         y = self._mix(pooled)  # (N, H+W, mip)

@@ -204,6 +204,175 @@ CA_CLONES void igrad_nhwc(const float* __restrict__ g, const float* __restrict__
   for (; h < H; ++h) igrad_rows<1>(g, ah, aw, gph, gpw, o, h, W, C, cn, fw, fh);
 }
 
+
+// ---------------------------------------------------------------- fused with the preceding BN + ReLU6
+// For CA right after a training-mode BatchNorm + ReLU6 (MobileNetV2's post_dw / post_expand), x is
+// the BN *input* and the kernels compute y = clamp((x - mean) * a + b, 0, 6) on the fly (a =
+// weight * invstd, b = bias: search_space/bn_relu6_cpu.cpp's formula, bit for bit), so y is never
+// written. channels_last only. Passes per training step over the big tensor, BN + CA together:
+// forward: BN statistics (1 read), pool of y (1 read), out = y * a_w * a_h (1 read, 1 write);
+// backward: one pass over grad and x gives the gate gradients and, besides, everything BN's
+// backward needs except the terms of the pooled-mean gradients, which are linear in those
+// gradients and enter through per-row / per-column mask sums (small); one pass writes grad_x.
+// BN + ReLU6 alone takes 3 + 5 passes, CA on top of it 7 more; fused, CA adds one read.
+struct BnAff {
+  const float *m, *a, *b;  // (C,) each, already offset by c0
+};
+
+template <int K> struct BnV {
+  Vec<K> m, a, b;
+};
+template <int K> CA_INLINE BnV<K> bn_v(const BnAff& f, i64 c) {
+  return {ld<K>(f.m + c), ld<K>(f.a + c), ld<K>(f.b + c)};
+}
+// clamp(z, 0, 6) with NaN propagating, as the BN kernel.
+template <int K> CA_INLINE Vec<K> relu6_v(Vec<K> z) {
+  const Vec<K> zero = Vec<K>{}, six = zero + 6.f;
+  const Vec<K> lo = z < zero ? zero : z;
+  return lo > six ? six : lo;
+}
+
+template <int K, int R>
+CA_INLINE void pool_bn_blk(const float* x, const BnAff& f, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 c,
+                           float fw) {
+  const BnV<K> v = bn_v<K>(f, c);
+  Vec<K> r[R];
+  for (int i = 0; i < R; ++i) r[i] = Vec<K>{};
+  for (i64 w = 0; w < W; ++w) {
+    float* q = pw + w * C + c;
+    Vec<K> s = ld<K>(q);
+    for (int i = 0; i < R; ++i) {
+      const Vec<K> y = relu6_v<K>((ld<K>(x + ((h0 + i) * W + w) * C + c) - v.m) * v.a + v.b);
+      r[i] += y;
+      s += y;
+    }
+    st<K>(q, s);
+  }
+  for (int i = 0; i < R; ++i) st<K>(ph + (h0 + i) * C + c, r[i] / fw);
+}
+
+template <int R>
+CA_INLINE void pool_bn_rows(const float* x, const BnAff& f, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 cn,
+                            float fw) {
+  i64 c = 0;
+  for (; c + 16 <= cn; c += 16) pool_bn_blk<16, R>(x, f, ph, pw, h0, W, C, c, fw);
+  for (; c + 8 <= cn; c += 8) pool_bn_blk<8, R>(x, f, ph, pw, h0, W, C, c, fw);
+  for (; c < cn; ++c) pool_bn_blk<1, R>(x, f, ph, pw, h0, W, C, c, fw);
+}
+
+CA_CLONES void pool_bn_nhwc(const float* __restrict__ x, BnAff f, float* __restrict__ ph, float* __restrict__ pw,
+                            i64 H, i64 W, i64 C, i64 cn) {
+  const float fw = static_cast<float>(W);
+  for (i64 w = 0; w < W; ++w) fill0(pw + w * C, cn);
+  i64 h = 0;
+  for (; h + kRows <= H; h += kRows) pool_bn_rows<kRows>(x, f, ph, pw, h, W, C, cn, fw);
+  for (; h < H; ++h) pool_bn_rows<1>(x, f, ph, pw, h, W, C, cn, fw);
+  for (i64 w = 0; w < W; ++w) div_by(pw + w * C, cn, static_cast<float>(H));
+}
+
+CA_INLINE float relu6_f(float z) {
+  const float lo = z < 0.f ? 0.f : z;
+  return lo > 6.f ? 6.f : lo;
+}
+
+// A plain stream over contiguous channels, like gate_nhwc: the compiler vectorises it.
+CA_CLONES void gate_bn_nhwc(const float* __restrict__ x, BnAff f, const float* __restrict__ ah,
+                            const float* __restrict__ aw, float* __restrict__ o, i64 H, i64 W, i64 C, i64 cn) {
+  const float *__restrict__ m = f.m, *__restrict__ fa = f.a, *__restrict__ fb = f.b;
+  for (i64 h = 0; h < H; ++h) {
+    const float* a = ah + h * C;
+    for (i64 w = 0; w < W; ++w) {
+      const float* xr = x + (h * W + w) * C;
+      const float* b = aw + w * C;
+      float* orow = o + (h * W + w) * C;
+      for (i64 c = 0; c < cn; ++c) orow[c] = relu6_f((xr[c] - m[c]) * fa[c] + fb[c]) * b[c] * a[c];
+    }
+  }
+}
+
+// Backward reductions, per task (sample n, channels c0..): with d = x - mean, y and mask from z:
+//   gah[h] = sum_w g * y * a_w,  gaw[w] = sum_h g * y * a_h          (CA's gate gradients)
+//   s1 = sum g * a_h * a_w * mask,  s1x = sum g * a_h * a_w * mask * d  (BN sums, gate term)
+//   mh[h] = sum_w mask, mhx[h] = sum_w mask * d; mw[w], mwx[w] the same over h (for the
+//   pooled-gradient terms of the BN sums, added in Python once those gradients are known).
+struct BwdOut {
+  float *gah, *gaw, *mh, *mhx, *mw, *mwx, *s1, *s1x;
+};
+
+// One pixel's C contiguous channels: a stream the compiler vectorises; the per-row, per-column and
+// per-channel accumulators are L1-resident strips.
+CA_INLINE void bn_gbwd_px(const float* __restrict__ g, const float* __restrict__ x, const float* __restrict__ m,
+                          const float* __restrict__ fa, const float* __restrict__ fb, const float* __restrict__ a,
+                          const float* __restrict__ b, float* __restrict__ gah, float* __restrict__ mh,
+                          float* __restrict__ mhx, float* __restrict__ gaw, float* __restrict__ mw,
+                          float* __restrict__ mwx, float* __restrict__ s1, float* __restrict__ s1x, i64 cn) {
+  for (i64 c = 0; c < cn; ++c) {
+    const float d = x[c] - m[c];
+    const float z = d * fa[c] + fb[c];
+    const float mk = (z > 0.f && z < 6.f) ? 1.f : 0.f;
+    const float t = g[c] * relu6_f(z);
+    gah[c] += t * b[c];
+    gaw[c] += t * a[c];
+    const float u = g[c] * a[c] * b[c] * mk;
+    s1[c] += u;
+    s1x[c] += u * d;
+    const float md = mk * d;
+    mh[c] += mk;
+    mhx[c] += md;
+    mw[c] += mk;
+    mwx[c] += md;
+  }
+}
+
+CA_CLONES void bn_gate_bwd_nhwc(const float* __restrict__ g, const float* __restrict__ x, BnAff f,
+                                const float* __restrict__ ah, const float* __restrict__ aw, BwdOut o, i64 H, i64 W,
+                                i64 C, i64 cn) {
+  for (i64 w = 0; w < W; ++w) {
+    fill0(o.gaw + w * C, cn);
+    fill0(o.mw + w * C, cn);
+    fill0(o.mwx + w * C, cn);
+  }
+  fill0(o.s1, cn);
+  fill0(o.s1x, cn);
+  for (i64 h = 0; h < H; ++h) {
+    float *gah = o.gah + h * C, *mh = o.mh + h * C, *mhx = o.mhx + h * C;
+    fill0(gah, cn);
+    fill0(mh, cn);
+    fill0(mhx, cn);
+    for (i64 w = 0; w < W; ++w) {
+      const i64 off = (h * W + w) * C;
+      bn_gbwd_px(g + off, x + off, f.m, f.a, f.b, ah + h * C, aw + w * C, gah, mh, mhx, o.gaw + w * C, o.mw + w * C,
+                 o.mwx + w * C, o.s1, o.s1x, cn);
+    }
+  }
+}
+
+// grad_x = a * (gz - mg - d * mgx), gz = mask * (g * a_h * a_w + qh[h] + qw[w]) with qh = g_pooled
+// rows / W, qw = g_pooled columns / H (pre-scaled), mg / mgx BN's means of the masked sums.
+// A plain stream over contiguous channels: the compiler vectorises it.
+CA_CLONES void bn_igrad_nhwc(const float* __restrict__ g, const float* __restrict__ x, BnAff f,
+                             const float* __restrict__ ah, const float* __restrict__ aw, const float* __restrict__ qh,
+                             const float* __restrict__ qw, const float* __restrict__ mg,
+                             const float* __restrict__ mgx, float* __restrict__ o, i64 H, i64 W, i64 C, i64 cn) {
+  const float *__restrict__ m = f.m, *__restrict__ fa = f.a, *__restrict__ fb = f.b;
+  for (i64 h = 0; h < H; ++h) {
+    const float* a = ah + h * C;
+    const float* p = qh + h * C;
+    for (i64 w = 0; w < W; ++w) {
+      const i64 off = (h * W + w) * C;
+      const float *gr = g + off, *xr = x + off, *b = aw + w * C, *q = qw + w * C;
+      float* orow = o + off;
+      for (i64 c = 0; c < cn; ++c) {
+        const float d = xr[c] - m[c];
+        const float z = d * fa[c] + fb[c];
+        const float gy = gr[c] * a[c] * b[c] + (p[c] + q[c]);
+        const float gz = (z > 0.f && z < 6.f) ? gy : 0.f;
+        orow[c] = fa[c] * (gz - mg[c] - d * mgx[c]);
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- NCHW
 // One task = one (n, c) plane of H x W; ph/ah/... point at that plane's H (or W) entries.
 CA_INLINE float row_sum(const float* __restrict__ x, i64 n) {
@@ -442,6 +611,166 @@ at::Tensor input_grad_hw(const at::Tensor& grad, const at::Tensor& a_h_, const a
   return out;
 }
 
+
+// ---------------------------------------------------------------- ops fused with BN + ReLU6
+Geo check_cl(const at::Tensor& x, const char* what) {
+  const Geo g = check_input(x, what);
+  TORCH_CHECK(g.cl, what, ": expected channels_last memory");
+  return g;
+}
+
+at::Tensor chan_vec(const at::Tensor& t, const Geo& g, const char* what) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == g.C && t.scalar_type() == at::kFloat && t.device().is_cpu(), what,
+              ": expected a float32 CPU tensor of shape (", g.C, ")");
+  return t.contiguous();
+}
+
+struct Aff {
+  at::Tensor m, a, b;
+  BnAff at(i64 c0) const { return {m.data_ptr<float>() + c0, a.data_ptr<float>() + c0, b.data_ptr<float>() + c0}; }
+};
+
+Aff aff_in(const at::Tensor& mean, const at::Tensor& a, const at::Tensor& b, const Geo& g, const char* what) {
+  return {chan_vec(mean, g, what), chan_vec(a, g, what), chan_vec(b, g, what)};
+}
+
+// Row and column means of y = clamp((x - mean) * a + b, 0, 6): (N, H+W, C), as pool_hw.
+at::Tensor pool_hw_bn(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& a, const at::Tensor& b) {
+  const Geo g = check_cl(x, "pool_hw_bn");
+  const Aff f = aff_in(mean, a, b, g, "pool_hw_bn(mean/a/b)");
+  const i64 L = g.H + g.W;
+  const float* xp = x.data_ptr<float>();
+  at::Tensor out = at::empty({g.N, L, g.C}, x.options());
+  float* op = out.data_ptr<float>();
+  for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
+    float* ph = op + n * L * g.C + c0;
+    pool_bn_nhwc(xp + n * g.H * g.W * g.C + c0, f.at(c0), ph, ph + g.H * g.C, g.H, g.W, g.C, cn);
+  });
+  return out;
+}
+
+// y * a_w * a_h with y as in pool_hw_bn.
+at::Tensor gate_hw_bn(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& a, const at::Tensor& b,
+                      const at::Tensor& a_h_, const at::Tensor& a_w_) {
+  const Geo g = check_cl(x, "gate_hw_bn");
+  const Aff f = aff_in(mean, a, b, g, "gate_hw_bn(mean/a/b)");
+  const at::Tensor a_h = small_in(a_h_, g, g.H, "gate_hw_bn(a_h)");
+  const at::Tensor a_w = small_in(a_w_, g, g.W, "gate_hw_bn(a_w)");
+  at::Tensor out = new_big(g, x);
+  const float *xp = x.data_ptr<float>(), *hp = a_h.data_ptr<float>(), *wp = a_w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
+    const i64 big = n * g.H * g.W * g.C + c0;
+    gate_bn_nhwc(xp + big, f.at(c0), hp + n * g.H * g.C + c0, wp + n * g.W * g.C + c0, op + big, g.H, g.W, g.C, cn);
+  });
+  return out;
+}
+
+// -> (ga_h (N,H,C), ga_w (N,W,C), mask_sums (N,H+W,C), mask_d_sums (N,H+W,C), s1 (N,C), s1x (N,C)).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_gate_hw_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& a, const at::Tensor& b,
+    const at::Tensor& a_h_, const at::Tensor& a_w_) {
+  const Geo g = check_cl(x, "bn_gate_hw_backward(x)");
+  check_cl(grad, "bn_gate_hw_backward(grad)");
+  TORCH_CHECK(grad.sizes() == x.sizes(), "bn_gate_hw_backward: grad shape ", grad.sizes(), " != x shape ", x.sizes());
+  const Aff f = aff_in(mean, a, b, g, "bn_gate_hw_backward(mean/a/b)");
+  const at::Tensor a_h = small_in(a_h_, g, g.H, "bn_gate_hw_backward(a_h)");
+  const at::Tensor a_w = small_in(a_w_, g, g.W, "bn_gate_hw_backward(a_w)");
+  const i64 L = g.H + g.W;
+  at::Tensor ga_h = at::empty_like(a_h), ga_w = at::empty_like(a_w);
+  at::Tensor mk = at::empty({g.N, L, g.C}, x.options()), mkx = at::empty({g.N, L, g.C}, x.options());
+  at::Tensor s1 = at::empty({g.N, g.C}, x.options()), s1x = at::empty({g.N, g.C}, x.options());
+  const float *gp = grad.data_ptr<float>(), *xp = x.data_ptr<float>();
+  const float *hp = a_h.data_ptr<float>(), *wp = a_w.data_ptr<float>();
+  for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
+    const i64 big = n * g.H * g.W * g.C + c0, sh = n * g.H * g.C + c0, sw = n * g.W * g.C + c0;
+    const i64 sl = n * L * g.C + c0;
+    BwdOut o{ga_h.data_ptr<float>() + sh, ga_w.data_ptr<float>() + sw,
+             mk.data_ptr<float>() + sl, mkx.data_ptr<float>() + sl,
+             mk.data_ptr<float>() + sl + g.H * g.C, mkx.data_ptr<float>() + sl + g.H * g.C,
+             s1.data_ptr<float>() + n * g.C + c0, s1x.data_ptr<float>() + n * g.C + c0};
+    bn_gate_bwd_nhwc(gp + big, xp + big, f.at(c0), hp + sh, wp + sw, o, g.H, g.W, g.C, cn);
+  });
+  return {ga_h, ga_w, mk, mkx, s1, s1x};
+}
+
+// Backward of BN + ReLU6 + CA, second half: -> (grad_x, grad_weight, grad_bias). g_pooled (N, H+W, C)
+// is the gradient of the pooled means (from the middle part), mk / mkx / s1 / s1x the sums
+// bn_gate_hw_backward returned. BN's masked sums over all pixels are assembled here (float
+// partial sums per sample, double across samples, fixed order), then one pass writes grad_x.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_input_grad_hw(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd_,
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_h_, const at::Tensor& a_w_,
+    const at::Tensor& g_pooled_, const at::Tensor& mk_, const at::Tensor& mkx_, const at::Tensor& s1_,
+    const at::Tensor& s1x_) {
+  const Geo g = check_cl(x, "bn_input_grad_hw(x)");
+  check_cl(grad, "bn_input_grad_hw(grad)");
+  TORCH_CHECK(grad.sizes() == x.sizes(), "bn_input_grad_hw: grad shape ", grad.sizes(), " != x shape ", x.sizes());
+  const Aff f = aff_in(mean, a, b, g, "bn_input_grad_hw(mean/a/b)");
+  const at::Tensor invstd = chan_vec(invstd_, g, "bn_input_grad_hw(invstd)");
+  const at::Tensor a_h = small_in(a_h_, g, g.H, "bn_input_grad_hw(a_h)");
+  const at::Tensor a_w = small_in(a_w_, g, g.W, "bn_input_grad_hw(a_w)");
+  const i64 L = g.H + g.W, C = g.C;
+  const at::Tensor gp = small_in(g_pooled_, g, L, "bn_input_grad_hw(g_pooled)");
+  const at::Tensor mk = small_in(mk_, g, L, "bn_input_grad_hw(mk)"), mkx = small_in(mkx_, g, L, "bn_input_grad_hw(mkx)");
+  TORCH_CHECK(s1_.dim() == 2 && s1_.size(0) == g.N && s1_.size(1) == C && s1x_.sizes() == s1_.sizes(),
+              "bn_input_grad_hw: s1 / s1x must be (N, C)");
+  const at::Tensor s1 = s1_.contiguous(), s1x = s1x_.contiguous();
+  // q = g_pooled with rows divided by W and columns by H: the per-pixel terms of dL/dy.
+  at::Tensor q = at::empty({g.N, L, C}, x.options());
+  const float* gpp = gp.data_ptr<float>();
+  float* qp = q.data_ptr<float>();
+  const float fw = static_cast<float>(g.W), fh = static_cast<float>(g.H);
+  for (i64 n = 0; n < g.N; ++n) {
+    const i64 o = n * L * C;
+    for (i64 i = 0; i < g.H * C; ++i) qp[o + i] = gpp[o + i] / fw;
+    for (i64 i = g.H * C; i < L * C; ++i) qp[o + i] = gpp[o + i] / fh;
+  }
+  // sg = sum mask * dL/dy, sgx = sum mask * dL/dy * (x - mean).
+  std::vector<double> sg(C, 0.0), sgx(C, 0.0);
+  std::vector<float> p1(C), p2(C);
+  const float *mkp = mk.data_ptr<float>(), *mxp = mkx.data_ptr<float>();
+  const float *s1p = s1.data_ptr<float>(), *s1xp = s1x.data_ptr<float>();
+  for (i64 n = 0; n < g.N; ++n) {
+    for (i64 c = 0; c < C; ++c) {
+      p1[c] = s1p[n * C + c];
+      p2[c] = s1xp[n * C + c];
+    }
+    for (i64 l = 0; l < L; ++l) {
+      const i64 o = (n * L + l) * C;
+      for (i64 c = 0; c < C; ++c) {
+        p1[c] += qp[o + c] * mkp[o + c];
+        p2[c] += qp[o + c] * mxp[o + c];
+      }
+    }
+    for (i64 c = 0; c < C; ++c) {
+      sg[c] += p1[c];
+      sgx[c] += p2[c];
+    }
+  }
+  const double M = static_cast<double>(g.N * g.H * g.W);
+  at::Tensor mg = at::empty({C}, x.options()), mgx = at::empty({C}, x.options());
+  at::Tensor gw = at::empty({C}, x.options()), gb = at::empty({C}, x.options());
+  const float* ip = invstd.data_ptr<float>();
+  for (i64 c = 0; c < C; ++c) {  // as bn_relu6_backward
+    gb.data_ptr<float>()[c] = static_cast<float>(sg[c]);
+    gw.data_ptr<float>()[c] = static_cast<float>(sgx[c] * ip[c]);
+    mg.data_ptr<float>()[c] = static_cast<float>(sg[c] / M);
+    mgx.data_ptr<float>()[c] = static_cast<float>(sgx[c] / M * ip[c] * ip[c]);
+  }
+  at::Tensor out = new_big(g, x);
+  const float *gradp = grad.data_ptr<float>(), *xp = x.data_ptr<float>(), *hp = a_h.data_ptr<float>();
+  const float* wp = a_w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
+    const i64 big = n * g.H * g.W * C + c0, sh = n * g.H * C + c0, sw = n * g.W * C + c0;
+    const float* qn = qp + n * L * C + c0;
+    bn_igrad_nhwc(gradp + big, xp + big, f.at(c0), hp + sh, wp + sw, qn, qn + g.H * C, mg.data_ptr<float>() + c0,
+                  mgx.data_ptr<float>() + c0, op + big, g.H, g.W, C, cn);
+  });
+  return {out, gw, gb};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(coordsweep_ca, m) {
@@ -449,6 +778,12 @@ TORCH_LIBRARY(coordsweep_ca, m) {
   m.def("gate_hw(Tensor x, Tensor a_h, Tensor a_w) -> Tensor");
   m.def("gate_hw_backward(Tensor grad, Tensor x, Tensor a_h, Tensor a_w) -> (Tensor, Tensor)");
   m.def("input_grad_hw(Tensor grad, Tensor a_h, Tensor a_w, Tensor g_pooled) -> Tensor");
+  m.def("pool_hw_bn(Tensor x, Tensor mean, Tensor a, Tensor b) -> Tensor");
+  m.def("gate_hw_bn(Tensor x, Tensor mean, Tensor a, Tensor b, Tensor a_h, Tensor a_w) -> Tensor");
+  m.def("bn_gate_hw_backward(Tensor grad, Tensor x, Tensor mean, Tensor a, Tensor b, Tensor a_h, Tensor a_w)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("bn_input_grad_hw(Tensor grad, Tensor x, Tensor mean, Tensor invstd, Tensor a, Tensor b, Tensor a_h,"
+        " Tensor a_w, Tensor g_pooled, Tensor mk, Tensor mkx, Tensor s1, Tensor s1x) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(coordsweep_ca, CPU, m) {
@@ -456,4 +791,8 @@ TORCH_LIBRARY_IMPL(coordsweep_ca, CPU, m) {
   m.impl("gate_hw", &gate_hw);
   m.impl("gate_hw_backward", &gate_hw_backward);
   m.impl("input_grad_hw", &input_grad_hw);
+  m.impl("pool_hw_bn", &pool_hw_bn);
+  m.impl("gate_hw_bn", &gate_hw_bn);
+  m.impl("bn_gate_hw_backward", &bn_gate_hw_backward);
+  m.impl("bn_input_grad_hw", &bn_input_grad_hw);
 }
