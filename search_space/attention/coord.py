@@ -25,6 +25,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from search_space.attention import _coord_cpu
 from search_space.layers import ACTIVATIONS, GATES, check_choice, create_act, create_gate, reduced_channels
@@ -252,7 +253,50 @@ class _CoordGate(torch.autograd.Function):
 
 def _pw(conv: nn.Conv2d, y: torch.Tensor) -> torch.Tensor:
     """A 1x1 conv applied to (N, L, C_in) as a linear map -> (N, L, C_out)."""
-    return F.linear(y, conv.weight.flatten(1), conv.bias)
+    w = conv.weight.flatten(1)
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or y.device.type != "cpu":
+        return F.linear(y, w, conv.bias)  # what fvcore's FLOP count and TorchScript see
+    return _WideLinear.apply(y, w, conv.bias)
+
+
+class _WideLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` whose three GEMMs each run in the orientation with the wide
+    output. CA's 1x1 convs are skinny (mid width 8..40 against C and N * L in the hundreds to
+    thousands); a GEMM whose output has only that many columns runs 1.5-3.5x slower in MKL on
+    this CPU than the same product computed transposed (``bench/RESULTS.md``, CA middle part).
+    Same arithmetic as ``F.linear``; results differ by float32 round-off (summation order)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x2 = x.reshape(-1, x.shape[-1])  # (M, C_in)
+        c_out = weight.shape[0]
+        if c_out < x2.shape[1]:  # narrow output: (C_out, M) = W @ x^T, transposed back (small copy)
+            # Contiguous on purpose: torch 2.13's CPU batch_norm backward returns a wrong input
+            # gradient when its input is NCHW-contiguous but the incoming gradient is channels_last-
+            # strided, which a transposed view here would cause in the norm after conv1 (N=1).
+            out = (torch.addmm(bias.unsqueeze(1), weight, x2.t()) if bias is not None else weight @ x2.t()).t()
+            out = out.contiguous()
+        else:
+            out = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
+        ctx.save_for_backward(x2, weight)
+        ctx.has_bias, ctx.shape = bias is not None, x.shape
+        return out.reshape(*x.shape[:-1], c_out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x2, weight = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1])  # (M, C_out)
+        c_out, c_in = weight.shape
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = (weight.t() @ g2.t()).t() if c_in < c_out else g2 @ weight  # (M, C_in)
+            gx = gx.reshape(ctx.shape)
+        if ctx.needs_input_grad[1]:
+            gw = g2.t() @ x2 if c_out <= c_in else (x2.t() @ g2).t().contiguous()  # (C_out, C_in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g2.sum(0)
+        return gx, gw, gb
 
 
 CoordinateAttention = CoordAttn
