@@ -67,6 +67,16 @@ class SchedulerConf:
 
 
 @dataclass
+class AdaptiveRepeatsConf:
+    """Extra paired seeds only for configurations whose 95% interval overlaps the current Pareto
+    front (sweep/sweeper/adaptive.py). Needs ``repeats >= 2``."""
+    # total seeds of a configuration that overlaps the front: it gets seeds repeats..max_repeats-1
+    # (the same for all such configs) in one extra trial outside n_trials; must be > repeats;
+    # null or 0 = off
+    max_repeats: Optional[int] = None
+
+
+@dataclass
 class CoordSweeperConf:
     """``hydra.sweeper`` of the coordsweep sweeper: an Optuna study driven through Hydra.
 
@@ -94,6 +104,14 @@ class CoordSweeperConf:
     repeats: int = 1
     # config key that receives the seed of a repeat
     seed_key: str = "seed"
+    # adaptive repeats: when a worker has nothing else to do, configs whose 95% interval of the
+    # objective means overlaps the Pareto front of the means (not clearly dominated: no front
+    # config dominates it with the front config at its pessimistic interval ends and this one at
+    # its optimistic ends; one objective: intervals overlap the best's) get extra seeds up to
+    # max_repeats; Optuna is told the mean over all seeds; analysis merges them by config.
+    # Extra-seed trials are queued trials any worker runs, outside n_trials; while adaptive
+    # repeats are on, an idle worker waits for running trials instead of exiting
+    adaptive_repeats: AdaptiveRepeatsConf = field(default_factory=AdaptiveRepeatsConf)
     # config key -> override value: choice(...), a,b,c, range(a,b[,step]), interval(a,b),
     # int(interval(a,b)), tag(log, ...), shuffle(...), or a plain value (fixed for all trials)
     params: Dict[str, Any] = field(default_factory=dict)
@@ -117,6 +135,10 @@ class CoordSweeperConf:
     # (not with the grid sampler: a grid point runs once, a second draw of it is skipped and
     # uses no budget)
     reuse_completed: bool = True
+    # record a trial whose params equal a PRUNED trial's (stopped early by the pruner or the
+    # rung scheduler) as pruned with that trial's last fidelity, metrics and intermediate
+    # values, user attr reused_from, instead of training it again (not with the grid sampler)
+    reuse_pruned: bool = True
     # RDB storages: seconds between heartbeats of a running trial (null = no heartbeat)
     heartbeat_interval: Optional[int] = 60
     # seconds without heartbeat after which a running trial is failed (null = 2 x interval)

@@ -27,7 +27,8 @@ from sweep.sweeper.params import (VARIANT, Groups, SearchSpace, build_space, che
                                   expand_ofat, format_value)
 from sweep.sweeper.samplers import (make_pruner, make_sampler, parse_constraints,
                                     parse_objectives, resolve_sampler_name)
-from sweep.sweeper.worker import SweepPlan, WorkerTask, work_left
+from sweep.sweeper.adaptive import EXTRA
+from sweep.sweeper.worker import SweepPlan, WorkerTask, counted_trials, work_left
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class CoordSweeperImpl:
         self.hydra_context = None
         self.task_function = None
         self.config: Optional[DictConfig] = None
+        self._n_seeds = 1  # seeds per configuration at most (repeats, adaptive max_repeats)
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.hydra_context = hydra_context
@@ -140,9 +142,9 @@ class CoordSweeperImpl:
             if assignment is None:
                 continue
             overrides = space.overrides(assignment)
-            if int(self.conf.get("repeats") or 1) > 1:
+            if self._n_seeds > 1:  # the highest seed a trial may get composes too
                 overrides = overrides + [f"{self.conf.get('seed_key') or 'seed'}="
-                                         f"{int(self.conf['repeats']) - 1}"]
+                                         f"{self._n_seeds - 1}"]
             key = tuple(overrides)
             if key in seen:
                 continue
@@ -228,6 +230,10 @@ class CoordSweeperImpl:
             raise ConfigError("hydra.sweeper.pruner.metric: pruning needs a single objective")
         repeats, seed_key, scheduler = self._check_repeats_and_scheduler(
             space, objectives, str(pruner_conf.get("name", "none")).lower())
+        from sweep.sweeper.adaptive import check_adaptive
+
+        max_repeats = check_adaptive(c.get("adaptive_repeats"), repeats)
+        self._n_seeds = max(repeats, max_repeats)
         if c.get("enqueue") and sampler == "grid":
             raise ConfigError("hydra.sweeper.enqueue does not combine with the grid sampler (the "
                               "grid already holds every config and would train them twice); "
@@ -268,6 +274,7 @@ class CoordSweeperImpl:
             prune_metric=pruner_conf.get("metric"), constraints=constraints,
             deadline=None if timeout is None else time.time() + float(timeout),
             reuse_completed=bool(c.get("reuse_completed", True)),
+            reuse_pruned=bool(c.get("reuse_pruned", True)), max_repeats=max_repeats,
             heartbeat_interval=c.get("heartbeat_interval"), grace_period=c.get("grace_period"),
             max_retry=c.get("max_retry"), n_workers=n_workers, run_id=uuid.uuid4().hex[:12],
             repeats=repeats, seed_key=seed_key, scheduler=scheduler)
@@ -375,6 +382,10 @@ class CoordSweeperImpl:
             return work_left(plan, study.get_trials(deepcopy=False))
 
         task = WorkerTask(plan, self.task_function, self.hydra_context, masked)
+        if plan.max_repeats and not has_work():
+            from sweep.sweeper.adaptive import queue_extra_seeds
+
+            queue_extra_seeds(study, plan)  # a resumed sweep whose regular trials are done
         if not has_work():
             log.info("coordsweep: the study already has its n_trials; nothing to run")
         elif local:
@@ -437,8 +448,11 @@ class CoordSweeperImpl:
         for t in trials:
             by_state[t.state.name] = by_state.get(t.state.name, 0) + 1
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        extra = [t for t in trials if EXTRA in t.system_attrs]
         if not complete:
             best = []
+        elif extra:
+            best = _best_of_latest(complete, study.directions)
         elif len(plan.objectives) == 1:
             best = [study.best_trial]
         else:
@@ -448,11 +462,16 @@ class CoordSweeperImpl:
             "study_name": plan.study_name, "storage": st.mask_url(url),
             "objectives": dict(zip(plan.objectives, plan.directions)),
             "n_trials": plan.n_trials, "trials": by_state,
-            "budget_used": len(st.counted_trials(trials)),
+            "budget_used": len(counted_trials(trials)),
             "best": [{"number": t.number, "values": dict(zip(plan.objectives, t.values)),
                       "params": t.params, "run_dir": t.user_attrs.get("run_dir")} for t in best],
             "wall_time_s": round(elapsed, 2),
         }
+        if plan.max_repeats:
+            results["extra_seed_trials"] = {
+                str(t.number): {"config_of": t.system_attrs[EXTRA].get("parent"),
+                                "seeds": t.system_attrs[EXTRA].get("seeds"), "state": t.state.name}
+                for t in extra}
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
         log.info(f"coordsweep: done in {elapsed:.1f} s; trials by state: {by_state}")
         for r in results["best"]:
@@ -524,6 +543,27 @@ def fail_orphaned_trials(study, plan: SweepPlan, retry, *, poll: float = 0.2) ->
                      f"for a worker to claim them before re-queuing them")
             announced = True
         time.sleep(min(poll, max(0.01, grace - max(ages[t.number] for t in young))))
+
+
+def _best_of_latest(complete: List[Any], directions) -> List[Any]:
+    """The best COMPLETE trials when adaptive repeats ran extra seeds: per configuration only
+    the trial told the mean over the most seeds (``repeats``) competes, so a first trial's
+    stale mean over fewer seeds is not reported as best. Uses Optuna's Pareto-front helper
+    (feasible trials only when there are constraints); one objective: the best value."""
+    from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+
+    latest: Dict[str, Any] = {}
+    for t in sorted(complete, key=lambda t: t.number):
+        if "reused_from" in t.user_attrs:
+            continue
+        key = str(sorted(t.params.items()))
+        seeds = t.user_attrs.get("repeats", 1)
+        if key not in latest or seeds > latest[key].user_attrs.get("repeats", 1):
+            latest[key] = t
+    constrained = any(getattr(t, "constraints", None) for t in latest.values())
+    front = _get_pareto_front_trials_by_trials(list(latest.values()), directions,
+                                               consider_constraint=constrained)
+    return sorted(front, key=lambda t: t.number)[:1] if len(directions) == 1 else front
 
 
 def _complete(space: SearchSpace, fixed: Mapping[str, Any]) -> Optional[Dict[str, Any]]:

@@ -24,7 +24,8 @@ class CoordSweeper(Sweeper):
                  timeout: Optional[float], n_workers: int, reuse_completed: bool,
                  heartbeat_interval: Optional[int], grace_period: Optional[int], max_retry: int,
                  max_worker_restarts: int, validate: Optional[str], report: bool = True,
-                 scheduler: Any = None, repeats: int = 1, seed_key: str = "seed") -> None:
+                 scheduler: Any = None, repeats: int = 1, seed_key: str = "seed",
+                 adaptive_repeats: Any = None, reuse_pruned: bool = True) -> None:
         from sweep.sweeper.impl import CoordSweeperImpl
 
         self._impl = CoordSweeperImpl(
@@ -34,7 +35,8 @@ class CoordSweeper(Sweeper):
             n_workers=n_workers, reuse_completed=reuse_completed,
             heartbeat_interval=heartbeat_interval, grace_period=grace_period,
             max_retry=max_retry, max_worker_restarts=max_worker_restarts, validate=validate,
-            report=report, scheduler=scheduler, repeats=repeats, seed_key=seed_key)
+            report=report, scheduler=scheduler, repeats=repeats, seed_key=seed_key,
+            adaptive_repeats=adaptive_repeats, reuse_pruned=reuse_pruned)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from sweep import hooks
 from sweep import storage as st
+from sweep.sweeper.adaptive import EXTRA, earlier_duplicate, queue_extra_seeds, seed_metrics_of
 from sweep.sweeper.params import VARIANT, SearchSpace, suggest
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ class SweepPlan:
     repeats: int = 1
     seed_key: str = "seed"
     scheduler: Dict[str, Any] = field(default_factory=dict)
+    # adaptive repeats: total seeds of a config that overlaps the front (0 = off; adaptive.py)
+    max_repeats: int = 0
+    # reuse the stored result of a PRUNED trial with identical params (not with grid)
+    reuse_pruned: bool = True
 
     def seeds(self) -> List[int]:
         """The seeds every configuration is trained with (the same for all: paired runs)."""
@@ -136,8 +141,10 @@ def atomic_queue_pops(storage, lock_path: str) -> None:
 def counted_trials(trials: Sequence[Any]) -> list:
     """``storage.counted_trials`` without the trials being skipped: a worker marks a trial
     skipped before Optuna tells it FAIL, and from that mark on the trial holds no budget (so a
-    worker reading in between does not count it and stop early)."""
-    return [t for t in st.counted_trials(trials) if st.SKIPPED not in t.system_attrs]
+    worker reading in between does not count it and stop early). Extra-seed trials of adaptive
+    repeats (``adaptive.EXTRA``) are not in the ``n_trials`` budget either."""
+    return [t for t in st.counted_trials(trials)
+            if st.SKIPPED not in t.system_attrs and EXTRA not in t.system_attrs]
 
 
 def uncovered_grid_points(space: SearchSpace, trials: Sequence[Any]) -> List[Dict[str, Any]]:
@@ -296,12 +303,25 @@ def run_worker(plan: SweepPlan, run_trial: "HydraTrialRunner", slot: int = 0,
         started = time.time()
         study._storage.set_trial_system_attr(trial._trial_id, st.WORKER, ident)
         trials = study.get_trials(deepcopy=False)
-        ahead = sum(1 for t in counted_trials(trials) if t.number < trial.number)
-        if ahead >= plan.n_trials or (plan.deadline is not None and started >= plan.deadline):
-            # no study.stop() here: `after` stops when no work is left, judged on a read made
-            # after this skip is stored (a trial counted here may be skipped meanwhile)
-            skip(trial, "not run: the n_trials budget (or timeout) was used up by other workers")
+        me = next((t for t in trials if t.number == trial.number), None)
+        extra = me.system_attrs.get(EXTRA) if me is not None else None
+        if extra is not None:
+            # an extra-seed trial (adaptive repeats): outside the n_trials budget
+            if plan.deadline is not None and started >= plan.deadline:
+                skip(trial, "not run: the sweep's timeout passed")
+            first = earlier_duplicate(trials, trial.number, extra)
+            if first is not None:
+                skip(trial, f"not run: trial {first} runs the extra seeds of the same config")
+        else:
+            ahead = sum(1 for t in counted_trials(trials) if t.number < trial.number)
+            if ahead >= plan.n_trials or (plan.deadline is not None and started >= plan.deadline):
+                # no study.stop() here: `after` stops when no work is left, judged on a read
+                # made after this skip is stored (a trial counted here may be skipped meanwhile)
+                skip(trial, "not run: the n_trials budget (or timeout) was used up by other "
+                            "workers")
         try:
+            if extra is not None:
+                return _run_extra_seeds(study, trial, extra, run_trial, plan, started, tag)
             assignment = suggest(trial, plan.space)
             params = trial.params
             # read again now that this trial's params are stored: a twin that another worker
@@ -318,7 +338,7 @@ def run_worker(plan: SweepPlan, run_trial: "HydraTrialRunner", slot: int = 0,
                                 f"same grid point")
                 twin = None
             else:
-                twin = _same_params(trials, trial.number, params)
+                twin = _same_params(trials, trial.number, params, pruned=plan.reuse_pruned)
             if twin is not None and twin.state == optuna.trial.TrialState.RUNNING \
                     and twin.number < trial.number and st.WORKER in twin.system_attrs:
                 skip(trial, f"not run: trial {twin.number} runs the same params at the same time")
@@ -329,14 +349,24 @@ def run_worker(plan: SweepPlan, run_trial: "HydraTrialRunner", slot: int = 0,
                 trial.set_user_attr("variant", assignment[VARIANT])
             if twin is not None and twin.state == optuna.trial.TrialState.COMPLETE \
                     and plan.reuse_completed:
-                for k, v in twin.user_attrs.items():
-                    if k not in ("overrides", "enqueued_as", st.FAIL_REASON):
-                        trial.set_user_attr(k, v)
-                trial.set_user_attr("reused_from", twin.number)
-                _set_constraints(trial, plan, twin.user_attrs)
+                _copy_result(trial, twin, plan)
                 log.info(f"{tag} trial {trial.number}: same params as COMPLETE trial "
                          f"{twin.number}; reusing its result (not trained again)")
                 return twin.values if len(twin.values) > 1 else twin.values[0]
+            if twin is not None and twin.state == optuna.trial.TrialState.PRUNED \
+                    and plan.reuse_pruned:
+                # stopped early by the pruner or the rung scheduler: recorded as stopped again,
+                # with the stored trial's last fidelity and intermediate values (the copy takes
+                # no rung place: rung entries are system attrs, not copied)
+                _copy_result(trial, twin, plan)
+                if len(plan.objectives) == 1:
+                    for step, value in sorted(twin.intermediate_values.items()):
+                        trial.report(value, step)
+                epochs = twin.user_attrs.get("epochs_run", twin.last_step)
+                log.info(f"{tag} trial {trial.number}: same params as PRUNED trial "
+                         f"{twin.number} (stopped after epoch {epochs}); recorded as pruned "
+                         f"(not trained again)")
+                raise optuna.TrialPruned(f"same params as PRUNED trial {twin.number}")
             if plan.repeats > 1:
                 return _run_repeats(trial, overrides, run_trial, plan, started, tag)
             prune_metric = plan.prune_metric or plan.objectives[0]
@@ -380,15 +410,37 @@ def run_worker(plan: SweepPlan, run_trial: "HydraTrialRunner", slot: int = 0,
         if not has_work():
             study.stop()
 
+    def more_work(poll: float = 1.0) -> bool:
+        """``has_work``, and with adaptive repeats: queue the extra seeds now due; while none
+        are due but trials still run (their results may move the front), wait for them."""
+        while True:
+            if has_work():
+                return True
+            if not plan.max_repeats or (plan.deadline is not None
+                                        and time.time() >= plan.deadline):
+                return False
+            if queue_extra_seeds(study, plan):
+                continue
+            st.fail_stale_trials(study, retry)
+            st.fail_dead_local_trials(study, retry)
+            if not st.running_trials(study):
+                return has_work()
+            time.sleep(poll)
+
     st.fail_stale_trials(study, retry)
     st.fail_dead_local_trials(study, retry)
-    if not has_work():
+    if not more_work():
         log.info(f"{tag} nothing left to run")
         return counts
     _quiet_optuna()
-    timeout = None if plan.deadline is None else max(plan.deadline - time.time(), 0.001)
-    study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=[after],
-                   gc_after_trial=False)
+    while True:
+        timeout = None if plan.deadline is None else max(plan.deadline - time.time(), 0.001)
+        study.optimize(objective, timeout=timeout, catch=(TrialFailed,), callbacks=[after],
+                       gc_after_trial=False)
+        # the study stopped: no work left (`after`), the timeout, or GridSampler (it stops a
+        # study once every grid point is visited, also while extra seeds are queued)
+        if not plan.max_repeats or not more_work():
+            break
     log.info(f"{tag} done: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())))
     return counts
 
@@ -406,19 +458,36 @@ def _grid_holder(trials: Sequence[Any], number: int, params: Mapping[str, Any]):
     return None
 
 
-def _same_params(trials: Sequence[Any], number: int, params: Mapping[str, Any]):
-    """The earliest other RUNNING or COMPLETE trial with exactly these params (COMPLETE first)."""
+def _same_params(trials: Sequence[Any], number: int, params: Mapping[str, Any],
+                 pruned: bool = False):
+    """Another trial with exactly these params: COMPLETE first (the one with the most seeds,
+    ``repeats``, then the earliest: an extra-seed trial tells the mean over all seeds), then
+    the earliest PRUNED one (when ``pruned``), then the earliest RUNNING one; or None."""
     from optuna.trial import TrialState
 
-    best = None
+    order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2}
+    if not pruned:
+        order.pop(TrialState.PRUNED)
+    best, best_rank = None, None
     for t in trials:
-        if t.number == number or t.state not in (TrialState.COMPLETE, TrialState.RUNNING):
+        if t.number == number or t.state not in order:
             continue
         if t.params == dict(params) and t.params.keys() == params.keys():
-            if t.state == TrialState.COMPLETE:
-                return t
-            best = best or t
+            seeds = t.user_attrs.get("repeats", 1) if t.state == TrialState.COMPLETE else 1
+            rank = (order[t.state], -(seeds if isinstance(seeds, int) else 1), t.number)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = t, rank
     return best
+
+
+def _copy_result(trial, twin, plan: SweepPlan) -> None:
+    """Give ``trial`` the stored result of ``twin`` (user attrs, constraints, ``reused_from``)."""
+    for k, v in twin.user_attrs.items():
+        if k not in ("overrides", "enqueued_as", st.FAIL_REASON, "extra_seeds_of",
+                     "extra_seeds_reason"):
+            trial.set_user_attr(k, v)
+    trial.set_user_attr("reused_from", twin.number)
+    _set_constraints(trial, plan, twin.user_attrs)
 
 
 def _tell_value(trial, ret, run_dir: str, plan: SweepPlan, started: float, tag: str):
@@ -478,18 +547,25 @@ def summarize_seeds(per_seed: Sequence[Mapping[str, Any]], names: Sequence[str],
     return out
 
 
-def _run_repeats(trial, overrides: List[str], run_trial, plan: SweepPlan, started: float, tag: str):
+def _run_repeats(trial, overrides: List[str], run_trial, plan: SweepPlan, started: float, tag: str,
+                 seeds: Optional[Sequence[int]] = None,
+                 earlier: Optional[Callable[[], List[Dict[str, Any]]]] = None):
     """Run the trial's configuration once per seed (``<run dir>/seed<s>``) and tell the mean.
 
     User attrs: every numeric metric averaged over seeds, ``<objective>_std/_lo/_hi`` (95 %
     Student-t interval), ``seeds`` and ``seed_metrics`` (one dict of metrics per seed, with
     ``seed`` and ``run_dir``). Any failed seed fails the whole trial (with the seed named).
+
+    ``seeds`` (default ``plan.seeds()``) and ``earlier`` serve extra-seed trials: ``earlier()``
+    returns the per-seed metrics of the configuration's finished trials, read after this
+    trial's seeds ran; the told mean, the merged metrics and the interval are then over all
+    seeds (``merged_seeds``, ``repeats``), while ``seeds``/``seed_metrics`` stay this trial's.
     """
     from hydra.core.utils import JobStatus
 
     per_seed: List[Dict[str, Any]] = []
     base_dir = None
-    for s in plan.seeds():
+    for s in (plan.seeds() if seeds is None else list(seeds)):
         ret, run_dir = run_trial(trial, list(overrides) + [f"{plan.seed_key}={s}"],
                                  subdir=f"{trial.number}/seed{s}")
         base_dir = os.path.dirname(run_dir)
@@ -505,35 +581,69 @@ def _run_repeats(trial, overrides: List[str], run_trial, plan: SweepPlan, starte
         m["seed"] = s  # analysis.results reads the repeat's seed here, whatever the key
         m["run_dir"] = run_dir
         per_seed.append(m)
-    numeric = [k for k, v in per_seed[0].items()
+    own = {m["seed"] for m in per_seed}
+    pooled = per_seed
+    if earlier is not None:
+        pooled = sorted([m for m in earlier() if m.get("seed") not in own] + per_seed,
+                        key=lambda m: m["seed"])
+    numeric = [k for k, v in pooled[0].items()
                if k not in (plan.seed_key, "seed", "pid") and isinstance(v, (int, float))
                and not isinstance(v, bool)
                and all(isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool)
-                       for m in per_seed)]
+                       for m in pooled)]
     merged: Dict[str, Any] = {k: v for k, v in per_seed[0].items()
                               if k not in numeric and k not in ("run_dir", "seed", plan.seed_key)}
     for k in numeric:
-        merged[k] = float(sum(float(m[k]) for m in per_seed) / len(per_seed))
-    summary = summarize_seeds(per_seed, plan.objectives)
+        merged[k] = float(sum(float(m[k]) for m in pooled) / len(pooled))
+    summary = summarize_seeds(pooled, plan.objectives)
     merged.update(summary)
     trial.set_user_attr("job_time_s", round(time.time() - started, 3))
     for k, v in scalar_metrics(merged).items():
         trial.set_user_attr(k, v)
     trial.set_user_attr("run_dir", base_dir)
-    trial.set_user_attr("repeats", len(per_seed))
-    trial.set_user_attr("seeds", plan.seeds())
+    trial.set_user_attr("repeats", len(pooled))
+    trial.set_user_attr("seeds", [m["seed"] for m in per_seed])
     trial.set_user_attr("seed_metrics", per_seed)
+    if earlier is not None:
+        trial.set_user_attr("merged_seeds", [m["seed"] for m in pooled])
     if base_dir is not None:
         import json
 
         with open(os.path.join(base_dir, "repeats.json"), "w") as f:
-            json.dump({"summary": scalar_metrics(summary), "seed_metrics": per_seed}, f, indent=2)
+            json.dump({"summary": scalar_metrics(summary), "seed_metrics": per_seed,
+                       "merged_seeds": [m["seed"] for m in pooled]}, f, indent=2)
     _set_constraints(trial, plan, merged)
     values = [summary[n] for n in plan.objectives]
-    shown = ", ".join(f"{n}={summary[n]:.6g} (sd {summary[n + '_std']:.3g}, {len(per_seed)} seeds)"
+    shown = ", ".join(f"{n}={summary[n]:.6g} (sd {summary[n + '_std']:.3g}, {len(pooled)} seeds)"
                       for n in plan.objectives)
     log.info(f"{tag} trial {trial.number} done: {shown} ({time.time() - started:.1f} s)")
     return values if len(values) > 1 else values[0]
+
+
+def _run_extra_seeds(study, trial, extra: Mapping[str, Any], run_trial, plan: SweepPlan,
+                     started: float, tag: str):
+    """Run an extra-seed trial of adaptive repeats (``adaptive.queue_extra_seeds``): the seeds
+    ``extra["seeds"]`` of the configuration ``extra["params"]``, told as the mean over all the
+    configuration's seeds (``_run_repeats`` with ``earlier``)."""
+    assignment = suggest(trial, plan.space)
+    if trial.params != dict(extra.get("params") or {}):
+        raise TrialFailed(f"extra-seed trial drew params {trial.params}, expected "
+                          f"{extra.get('params')} (the search space changed?)")
+    trial.set_user_attr("extra_seeds_of", extra.get("parent"))
+    trial.set_user_attr("extra_seeds_reason", extra.get("reason"))
+    overrides = plan.space.overrides(assignment)
+    trial.set_user_attr("overrides", overrides[len(plan.space.fixed):])
+    if VARIANT in assignment:
+        trial.set_user_attr("variant", assignment[VARIANT])
+    log.info(f"{tag} trial {trial.number}: extra seeds {list(extra['seeds'])} for the config of "
+             f"trial {extra.get('parent')} (adaptive repeats)")
+
+    def earlier() -> List[Dict[str, Any]]:
+        return seed_metrics_of(study.get_trials(deepcopy=False), trial.params,
+                               exclude=trial.number)
+
+    return _run_repeats(trial, overrides, run_trial, plan, started, tag,
+                        seeds=[int(s) for s in extra["seeds"]], earlier=earlier)
 
 
 def _set_constraints(trial, plan: SweepPlan, metrics: Mapping[str, Any]) -> None:

@@ -23,7 +23,8 @@ from sweep import hooks
 @hydra.main(version_base="1.3", config_path="conf", config_name="sleep")
 def main(cfg: DictConfig) -> dict:
     out = Path(HydraConfig.get().runtime.output_dir)
-    mode = str((cfg.modes or {}).get(f"x{cfg.x}", cfg.mode))
+    modes = cfg.modes or {}
+    mode = str(modes.get(f"x{cfg.x}y{cfg.y}", modes.get(f"x{cfg.x}", cfg.mode)))
     key = f"x={cfg.x} y={cfg.y} group={cfg.group.name} label={cfg.label}"
     if os.environ.get("TRAINLOG"):
         with open(os.environ["TRAINLOG"], "a") as f:
@@ -31,11 +32,12 @@ def main(cfg: DictConfig) -> dict:
     if mode == "raise":
         raise RuntimeError(f"boom in trial with {key}")
     markers = Path(os.environ.get("MARKER_DIR", str(out)))
-    if mode == "kill" or (mode == "kill_once" and not (markers / f"killed-{cfg.x}").exists()):
-        (markers / f"killed-{cfg.x}").touch()
+    once = f"{cfg.x}" if f"x{cfg.x}y{cfg.y}" not in modes else f"{cfg.x}-{cfg.y}"
+    if mode == "kill" or (mode == "kill_once" and not (markers / f"killed-{once}").exists()):
+        (markers / f"killed-{once}").touch()
         os.kill(os.getpid(), signal.SIGKILL)
-    if mode == "hang_once" and not (markers / f"hang-{cfg.x}").exists():
-        (markers / f"hang-{cfg.x}").write_text(str(os.getpid()))
+    if mode == "hang_once" and not (markers / f"hang-{once}").exists():
+        (markers / f"hang-{once}").write_text(str(os.getpid()))
         time.sleep(600)  # the test kills the sweep meanwhile
     duration = float(cfg.duration) if cfg.durations is None else float(cfg.durations[int(cfg.x) % len(cfg.durations)])
     status = "ok"
@@ -44,10 +46,11 @@ def main(cfg: DictConfig) -> dict:
         if hooks.current().report(epoch, {"val_top1": float(cfg.x) * epoch}):
             status = "pruned"
             break
-    score = float("nan") if mode == "nan" else float(cfg.x) + 0.1 * float(cfg.y)
+    score = float("nan") if mode == "nan" else float(cfg.x) + float(cfg.spread) * float(cfg.y)
     if mode == "diverged":
         status = "diverged"
-    metrics = {"status": status, "val_top1": score, "madds": 1e6 * float(cfg.y) + float(cfg.x),
+    madds = 1e6 * float(cfg.y) + float(cfg.x) if cfg.madds is None else float(cfg.madds)
+    metrics = {"status": status, "val_top1": score, "madds": madds,
                "label": str(cfg.label), "seconds": duration, "pid": os.getpid()}
     (out / "metrics.json").write_text(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in metrics.items()}))
     return metrics
