@@ -15,13 +15,13 @@ from search_space.config import ConfigError
 class TrainConfig:
     """Training budget and optimiser of one trial (SGD + cosine, as in the CA paper)."""
     # epochs of the training subset (the fidelity axis of sweeps)
-    epochs: int = 6
+    epochs: int = 3
     # optional cap on optimiser steps over the whole run (null = epochs only)
     max_steps: Optional[int] = None
-    batch_size: int = 128
+    batch_size: int = 64
     eval_batch_size: int = 512
     # peak learning rate (linear-scaled users: lr is per batch_size, not per 256)
-    lr: float = 0.1
+    lr: float = 0.03
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-5
