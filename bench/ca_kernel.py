@@ -4,7 +4,8 @@ Measures, interleaved in rounds (medians reported, CPU time of this process and 
 
 * the full MobileNetV2 train step (forward, cross-entropy, backward, SGD) in CIFAR geometry,
   32x32, batch 128, channels_last, for attention none / CA eager (``COORDSWEEP_CA_KERNEL=0``) /
-  CA kernel, at each ``--widths`` and ``--threads`` setting, with the multiply-add overhead of
+  CA kernel after a separate BN+ReLU6 kernel (``COORDSWEEP_CA_FUSE_BN=0``) / CA fused with the
+  BN+ReLU6 before it (the default), at each ``--widths`` and ``--threads`` setting, with the multiply-add overhead of
   CA from fvcore (``analysis.cost``) to compare against;
 * the CA module alone (forward + backward) at ``--module-shape`` (default the stage-2
   hidden tensor 128x144x32x32), channels_last: eager, kernel, and the seed module
@@ -54,8 +55,9 @@ def _timed(fn, n: int) -> tuple[float, float]:
     return (time.process_time() - c0) / n, (time.perf_counter() - w0) / n
 
 
-def _kernel(on: bool) -> None:
+def _kernel(on: bool, fuse_bn: bool = True) -> None:
     os.environ[_coord_cpu.ENV_SWITCH] = "1" if on else "0"
+    os.environ[_coord_cpu.FUSE_BN_SWITCH] = "1" if fuse_bn else "0"
 
 
 def _interleave(variants: dict, warmup: int, rounds: int, steps: int) -> dict:
@@ -109,10 +111,11 @@ def bench_step(width: float, a) -> dict:
 
     variants = {"none": (lambda: _kernel(True), step("none")),
                 "ca_eager": (lambda: _kernel(False), step("ca")),
-                "ca_kernel": (lambda: _kernel(True), step("ca"))}
+                "ca_kernel": (lambda: _kernel(True, fuse_bn=False), step("ca")),
+                "ca_fused_bn": (lambda: _kernel(True), step("ca"))}
     res = _interleave(variants, a.warmup, a.rounds, a.steps)
     out = {"width": width, "ms": res, "madds_overhead": _madds_overhead(width)}
-    for impl in ("ca_eager", "ca_kernel"):
+    for impl in ("ca_eager", "ca_kernel", "ca_fused_bn"):
         for clock in ("cpu_ms", "wall_ms"):
             out[f"{impl}_overhead_{clock[:-3]}"] = res[impl][clock] / res["none"][clock] - 1
     return out
