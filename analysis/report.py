@@ -250,6 +250,18 @@ def _kv(d: Mapping[str, Any], keys: Optional[Sequence[str]] = None) -> str:
     return "; ".join(parts)
 
 
+def adaptive_repeats_text(res: Results) -> Optional[str]:
+    """Which configurations got extra seeds from ``hydra.sweeper.adaptive_repeats`` (None if none)."""
+    if "extra_seeds_of" not in res.trials.columns:
+        return None
+    ex = res.trials[res.trials["extra_seeds_of"].notna() & (res.trials["state"] == "complete")]
+    if not len(ex):
+        return None
+    labels = sorted({str(v) for v in ex["label"]})
+    return (f"{len(labels)} configuration(s) got extra paired seeds because their 95% interval "
+            f"overlapped the Pareto front: " + "; ".join(labels))
+
+
 def _setup_rows(res: Results) -> List[Tuple[str, str]]:
     done = res.trials[res.trials["state"] == "complete"]["number"].tolist()
     docs = [res.docs[n] for n in done if n in res.docs] or list(res.docs.values())
@@ -289,6 +301,9 @@ def _setup_rows(res: Results) -> List[Tuple[str, str]]:
     per = per[per > 0]
     rows.append(("seeds", (" ".join(map(str, seeds)) or "none") +
                  (f" (seeds per configuration: {int(per.min())}\u2013{int(per.max())})" if len(per) else "")))
+    adaptive = adaptive_repeats_text(res)
+    if adaptive:
+        rows.append(("adaptive repeats", adaptive))
     rows.append(("objectives", ", ".join(f"{o} ({d})" for o, d in zip(res.objectives, res.directions))))
     rows.append(("accuracy compared", f"{res.accuracy} (final epoch, percent; 'pts' = percentage points)"))
     costs = [d.get("cost") or {} for d in docs]

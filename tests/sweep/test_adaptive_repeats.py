@@ -248,6 +248,14 @@ def test_adaptive_repeats_real_sweep_and_resume(tmp_path):
     assert "budget_used: 7" in results
     best = {t.number for t in study.best_trials}
     assert {by["A"][1].number, by["B"][1].number} <= best
+    # the report's setup table names the configurations that got extra seeds
+    from analysis.report import adaptive_repeats_text
+    from analysis.results import load_results
+
+    res = load_results(tmp_path / "adaptive")
+    assert adaptive_repeats_text(res) == ("5 configuration(s) got extra paired seeds because their 95% "
+                                          "interval overlapped the Pareto front: A; B; C; E; G")
+    assert sorted(res.configs["n_seeds"].tolist()) == [2, 2, 4, 4, 4, 4, 4]
 
     # the same command again: nothing is trained again, nothing queued
     proc = run_app(ARGS, tmp_path)
