@@ -120,6 +120,14 @@ class CppExtension:
         self.build_seconds = time.perf_counter() - t0
 
 
+def cpu_float32_4d(x: torch.Tensor, channels_last_only: bool = False) -> bool:
+    """x is a non-empty 4-D float32 CPU tensor in channels_last memory (or, unless
+    ``channels_last_only``, NCHW-contiguous): the layouts the kernels handle."""
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.numel() > 0):
+        return False
+    return x.is_contiguous(memory_format=torch.channels_last) or (not channels_last_only and x.is_contiguous())
+
+
 def autocast_on() -> bool:
     """CPU autocast is active (the kernels are float32-only)."""
     try:

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-from search_space._cpp_ext import CppExtension, autocast_on, compiling_or_tracing, switched_on
+from search_space._cpp_ext import CppExtension, autocast_on, compiling_or_tracing, cpu_float32_4d, switched_on
 
 ENV_SWITCH = "COORDSWEEP_BN_KERNEL"
 EXT_NAME = "coordsweep_bn_cpu"
@@ -63,8 +63,7 @@ def applies(bn: nn.Module, act: nn.Module, x: torch.Tensor) -> bool:
         return False
     if not (enabled() and torch.is_grad_enabled() and x.requires_grad) or autocast_on():
         return False
-    if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and x.is_contiguous(memory_format=torch.channels_last)):
+    if not cpu_float32_4d(x, channels_last_only=True):
         return False
     if x.numel() // max(x.shape[1], 1) < 2:  # nn.BatchNorm2d raises its own error here
         return False

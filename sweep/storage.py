@@ -244,9 +244,13 @@ def _proc_stat(pid: int) -> Optional[List[str]]:
         return None
 
 
-def _proc_start(pid: int) -> Optional[str]:
-    fields = _proc_stat(pid)
+def _start_field(fields: Optional[List[str]]) -> Optional[str]:
+    """The process start time (field 22 of /proc/<pid>/stat) from :func:`_proc_stat`'s fields."""
     return fields[19] if fields and len(fields) > 19 else None
+
+
+def _proc_start(pid: int) -> Optional[str]:
+    return _start_field(_proc_stat(pid))
 
 
 def worker_identity(run_id: str, slot: str) -> Dict[str, Any]:
@@ -270,7 +274,7 @@ def process_alive(ident: Mapping[str, Any]) -> Optional[bool]:
     fields = _proc_stat(pid)
     if fields and fields[0] in ("Z", "X"):  # killed, not yet reaped: dead
         return False
-    start = fields[19] if fields and len(fields) > 19 else None
+    start = _start_field(fields)
     return start is None or ident.get("start") is None or start == ident.get("start")
 
 

@@ -44,7 +44,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from search_space import bn_act
-from search_space._cpp_ext import CACHE_ENV, CppExtension, autocast_on, compiling_or_tracing, switched_on
+from search_space._cpp_ext import (CACHE_ENV, CppExtension, autocast_on, compiling_or_tracing, cpu_float32_4d,
+                                   switched_on)
 
 ENV_SWITCH = "COORDSWEEP_CA_KERNEL"
 FUSE_BN_SWITCH = "COORDSWEEP_CA_FUSE_BN"  # 0: keep BN + ReLU6 and CA as two fused ops (benchmarks)
@@ -89,8 +90,7 @@ def build_seconds() -> Optional[float]:
 
 def supported(x: torch.Tensor) -> bool:
     """x is a tensor the kernels handle: 4-D float32 CPU, NCHW-contiguous or channels_last."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.numel() > 0
-            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)))
+    return cpu_float32_4d(x)
 
 
 def applies(x: torch.Tensor) -> bool:
