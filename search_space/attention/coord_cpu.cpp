@@ -75,15 +75,25 @@ CA_INLINE void div_by(float* __restrict__ a, i64 n, float d) {
 constexpr int kRows = 4;
 
 
-template <int K, int R>
-CA_INLINE void pool_blk(const float* x, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 c, float fw) {
+// What a pooling pass sums: x itself (Plain) or y = ReLU6(BN(x)) computed on the fly (see the
+// fused ops below). at<K>(c) loads whatever the transform needs for channels [c, c + K).
+struct Plain {
+  template <int K> struct At {
+    __attribute__((always_inline)) Vec<K> operator()(Vec<K> v) const { return v; }
+  };
+  template <int K> __attribute__((always_inline)) At<K> at(i64) const { return {}; }
+};
+
+template <int K, int R, class T>
+CA_INLINE void pool_blk(const float* x, const T& t, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 c, float fw) {
+  const auto tf = t.template at<K>(c);
   Vec<K> r[R];
   for (int i = 0; i < R; ++i) r[i] = Vec<K>{};
   for (i64 w = 0; w < W; ++w) {
     float* q = pw + w * C + c;
     Vec<K> s = ld<K>(q);
     for (int i = 0; i < R; ++i) {
-      const Vec<K> v = ld<K>(x + ((h0 + i) * W + w) * C + c);
+      const Vec<K> v = tf(ld<K>(x + ((h0 + i) * W + w) * C + c));
       r[i] += v;
       s += v;
     }
@@ -92,23 +102,29 @@ CA_INLINE void pool_blk(const float* x, float* ph, float* pw, i64 h0, i64 W, i64
   for (int i = 0; i < R; ++i) st<K>(ph + (h0 + i) * C + c, r[i] / fw);
 }
 
-template <int R>
-CA_INLINE void pool_rows(const float* x, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 cn, float fw) {
+template <int R, class T>
+CA_INLINE void pool_rows(const float* x, const T& t, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 cn, float fw) {
   i64 c = 0;
-  for (; c + 16 <= cn; c += 16) pool_blk<16, R>(x, ph, pw, h0, W, C, c, fw);
-  for (; c + 8 <= cn; c += 8) pool_blk<8, R>(x, ph, pw, h0, W, C, c, fw);
-  for (; c < cn; ++c) pool_blk<1, R>(x, ph, pw, h0, W, C, c, fw);
+  for (; c + 16 <= cn; c += 16) pool_blk<16, R>(x, t, ph, pw, h0, W, C, c, fw);
+  for (; c + 8 <= cn; c += 8) pool_blk<8, R>(x, t, ph, pw, h0, W, C, c, fw);
+  for (; c < cn; ++c) pool_blk<1, R>(x, t, ph, pw, h0, W, C, c, fw);
 }
 
 // ph: H rows of row means, pw: W rows of column means.
-CA_CLONES void pool_nhwc(const float* __restrict__ x, float* __restrict__ ph, float* __restrict__ pw,
-                         i64 H, i64 W, i64 C, i64 cn) {
+template <class T>
+CA_INLINE void pool_nhwc_t(const float* __restrict__ x, const T& t, float* __restrict__ ph, float* __restrict__ pw,
+                           i64 H, i64 W, i64 C, i64 cn) {
   const float fw = static_cast<float>(W);
   for (i64 w = 0; w < W; ++w) fill0(pw + w * C, cn);
   i64 h = 0;
-  for (; h + kRows <= H; h += kRows) pool_rows<kRows>(x, ph, pw, h, W, C, cn, fw);
-  for (; h < H; ++h) pool_rows<1>(x, ph, pw, h, W, C, cn, fw);
+  for (; h + kRows <= H; h += kRows) pool_rows<kRows>(x, t, ph, pw, h, W, C, cn, fw);
+  for (; h < H; ++h) pool_rows<1>(x, t, ph, pw, h, W, C, cn, fw);
   for (i64 w = 0; w < W; ++w) div_by(pw + w * C, cn, static_cast<float>(H));
+}
+
+CA_CLONES void pool_nhwc(const float* __restrict__ x, float* __restrict__ ph, float* __restrict__ pw, i64 H, i64 W,
+                         i64 C, i64 cn) {
+  pool_nhwc_t(x, Plain{}, ph, pw, H, W, C, cn);
 }
 
 // o = (x * a_w) * a_h, the reference module's order. A plain stream: the compiler vectorises it.
@@ -219,12 +235,6 @@ struct BnAff {
   const float *m, *a, *b;  // (C,) each, already offset by c0
 };
 
-template <int K> struct BnV {
-  Vec<K> m, a, b;
-};
-template <int K> CA_INLINE BnV<K> bn_v(const BnAff& f, i64 c) {
-  return {ld<K>(f.m + c), ld<K>(f.a + c), ld<K>(f.b + c)};
-}
 // clamp(z, 0, 6) with NaN propagating, as the BN kernel.
 template <int K> CA_INLINE Vec<K> relu6_v(Vec<K> z) {
   const Vec<K> zero = Vec<K>{}, six = zero + 6.f;
@@ -232,42 +242,18 @@ template <int K> CA_INLINE Vec<K> relu6_v(Vec<K> z) {
   return lo > six ? six : lo;
 }
 
-template <int K, int R>
-CA_INLINE void pool_bn_blk(const float* x, const BnAff& f, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 c,
-                           float fw) {
-  const BnV<K> v = bn_v<K>(f, c);
-  Vec<K> r[R];
-  for (int i = 0; i < R; ++i) r[i] = Vec<K>{};
-  for (i64 w = 0; w < W; ++w) {
-    float* q = pw + w * C + c;
-    Vec<K> s = ld<K>(q);
-    for (int i = 0; i < R; ++i) {
-      const Vec<K> y = relu6_v<K>((ld<K>(x + ((h0 + i) * W + w) * C + c) - v.m) * v.a + v.b);
-      r[i] += y;
-      s += y;
-    }
-    st<K>(q, s);
-  }
-  for (int i = 0; i < R; ++i) st<K>(ph + (h0 + i) * C + c, r[i] / fw);
-}
-
-template <int R>
-CA_INLINE void pool_bn_rows(const float* x, const BnAff& f, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 cn,
-                            float fw) {
-  i64 c = 0;
-  for (; c + 16 <= cn; c += 16) pool_bn_blk<16, R>(x, f, ph, pw, h0, W, C, c, fw);
-  for (; c + 8 <= cn; c += 8) pool_bn_blk<8, R>(x, f, ph, pw, h0, W, C, c, fw);
-  for (; c < cn; ++c) pool_bn_blk<1, R>(x, f, ph, pw, h0, W, C, c, fw);
-}
+struct WithBn {  // y = clamp((x - mean) * a + b, 0, 6)
+  BnAff f;
+  template <int K> struct At {
+    Vec<K> m, a, b;
+    __attribute__((always_inline)) Vec<K> operator()(Vec<K> v) const { return relu6_v<K>((v - m) * a + b); }
+  };
+  template <int K> __attribute__((always_inline)) At<K> at(i64 c) const { return {ld<K>(f.m + c), ld<K>(f.a + c), ld<K>(f.b + c)}; }
+};
 
 CA_CLONES void pool_bn_nhwc(const float* __restrict__ x, BnAff f, float* __restrict__ ph, float* __restrict__ pw,
                             i64 H, i64 W, i64 C, i64 cn) {
-  const float fw = static_cast<float>(W);
-  for (i64 w = 0; w < W; ++w) fill0(pw + w * C, cn);
-  i64 h = 0;
-  for (; h + kRows <= H; h += kRows) pool_bn_rows<kRows>(x, f, ph, pw, h, W, C, cn, fw);
-  for (; h < H; ++h) pool_bn_rows<1>(x, f, ph, pw, h, W, C, cn, fw);
-  for (i64 w = 0; w < W; ++w) div_by(pw + w * C, cn, static_cast<float>(H));
+  pool_nhwc_t(x, WithBn{f}, ph, pw, H, W, C, cn);
 }
 
 CA_INLINE float relu6_f(float z) {
