@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from search_space import bn_act
 from search_space.mobilenetv2 import MobileNetV2
+from tests.search_space._kernel_check import grad_error, three_way_step
 
 CL = torch.channels_last
 
@@ -121,24 +122,10 @@ def test_mobilenetv2_gradients_are_as_exact_as_eager_float32(monkeypatch):
     flips its mask and the change propagates), so eager float32 itself is several % off float64
     on some layers. The fused path must be no further from float64 than eager float32 is."""
     torch.manual_seed(0)
-    a = MobileNetV2(num_classes=10, width=0.25, geometry="cifar", dropout=0.0).to(memory_format=CL)
-    b, c = copy.deepcopy(a), copy.deepcopy(a).double()
-    x = torch.randn(16, 3, 32, 32).to(memory_format=CL)
-    y = torch.randint(0, 10, (16,))
-    losses = []
-    for model, on, inp in ((a, "1", x), (b, "0", x), (c, "0", x.double())):
-        monkeypatch.setenv(bn_act.ENV_SWITCH, on)
-        loss = nn.functional.cross_entropy(model(inp), y)
-        loss.backward()
-        losses.append(loss.item())
+    model = MobileNetV2(num_classes=10, width=0.25, geometry="cifar", dropout=0.0).to(memory_format=CL)
+    losses, a, b, c = three_way_step(model, lambda on: monkeypatch.setenv(bn_act.ENV_SWITCH, "1" if on else "0"))
     assert losses[0] == pytest.approx(losses[2], rel=1e-5) and losses[1] == pytest.approx(losses[2], rel=1e-5)
-
-    def grads(m):  # bn3.bias: exactly 0 in theory (a BN follows), only round-off is left
-        return torch.cat([p.grad.double().flatten() for n, p in m.named_parameters() if not n.endswith("bn3.bias")])
-
-    exact = grads(c)
-    err_fused = ((grads(a) - exact).norm() / exact.norm()).item()
-    err_eager = ((grads(b) - exact).norm() / exact.norm()).item()
+    err_fused, err_eager = grad_error(a, c), grad_error(b, c)
     assert err_fused < max(1.5 * err_eager, 1e-4), (err_fused, err_eager)
     for (name, s), t in zip(a.named_buffers(), c.buffers()):
         torch.testing.assert_close(s.double(), t.double(), atol=1e-5, rtol=1e-4, msg=name)

@@ -17,6 +17,7 @@ from search_space import bn_act
 from search_space.attention import _coord_cpu
 from search_space.attention.coord import CoordAttn
 from search_space.mobilenetv2 import build_model
+from tests.search_space._kernel_check import grad_error, three_way_step
 
 CL = torch.channels_last
 
@@ -181,25 +182,12 @@ def test_mobilenetv2_with_ca_trains_the_same_fused_or_not(monkeypatch):
         cfg = {"model": {"name": "mobilenetv2", "geometry": "cifar", "width": 0.25, "dropout": 0.0},
                "attention": {"name": "ca", "position": position}}
         torch.manual_seed(0)
-        a = build_model(cfg, num_classes=10).to(memory_format=CL)
-        b, c = copy.deepcopy(a), copy.deepcopy(a).double()
-        x = torch.randn(16, 3, 32, 32).to(memory_format=CL)
-        y = torch.randint(0, 10, (16,))
-        losses = []
-        for model, fuse, inp in ((a, "1", x), (b, "0", x), (c, "1", x.double())):
-            monkeypatch.setenv(_coord_cpu.FUSE_BN_SWITCH, fuse)
-            loss = nn.functional.cross_entropy(model(inp), y)
-            loss.backward()
-            losses.append(loss.item())
+        model = build_model(cfg, num_classes=10).to(memory_format=CL)
+        losses, a, b, c = three_way_step(
+            model, lambda on: monkeypatch.setenv(_coord_cpu.FUSE_BN_SWITCH, "1" if on else "0"))
         assert losses[0] == losses[1] == pytest.approx(losses[2], rel=1e-5)
-
-        def grads(m):  # biases right before a BN: exactly 0 in theory, round-off only
-            return torch.cat([p.grad.double().flatten() for n, p in m.named_parameters()
-                              if not (n.endswith("bn3.bias") or n.endswith("conv1.bias"))])
-
-        exact = grads(c)
-        err_fused = ((grads(a) - exact).norm() / exact.norm()).item()
-        err_sep = ((grads(b) - exact).norm() / exact.norm()).item()
+        skip = ("bn3.bias", "conv1.bias")  # biases right before a BN
+        err_fused, err_sep = grad_error(a, c, skip), grad_error(b, c, skip)
         assert err_fused < max(1.5 * err_sep, 1e-4), (position, err_fused, err_sep)
         for (name, s), t in zip(a.named_buffers(), b.buffers()):
             assert torch.equal(s, t), (position, name)
