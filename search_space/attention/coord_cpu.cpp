@@ -82,6 +82,7 @@ struct Plain {
     __attribute__((always_inline)) Vec<K> operator()(Vec<K> v) const { return v; }
   };
   template <int K> __attribute__((always_inline)) At<K> at(i64) const { return {}; }
+  __attribute__((always_inline)) float one(float v, i64) const { return v; }  // scalar form
 };
 
 template <int K, int R, class T>
@@ -127,18 +128,25 @@ CA_CLONES void pool_nhwc(const float* __restrict__ x, float* __restrict__ ph, fl
   pool_nhwc_t(x, Plain{}, ph, pw, H, W, C, cn);
 }
 
-// o = (x * a_w) * a_h, the reference module's order. A plain stream: the compiler vectorises it.
-CA_CLONES void gate_nhwc(const float* __restrict__ x, const float* __restrict__ ah, const float* __restrict__ aw,
-                         float* __restrict__ o, i64 H, i64 W, i64 C, i64 cn) {
+// o = (y * a_w) * a_h with y = t(x), the reference module's order. A plain stream over contiguous
+// channels: the compiler vectorises it.
+template <class T>
+CA_INLINE void gate_nhwc_t(const float* __restrict__ x, const T& t, const float* __restrict__ ah,
+                           const float* __restrict__ aw, float* __restrict__ o, i64 H, i64 W, i64 C, i64 cn) {
   for (i64 h = 0; h < H; ++h) {
     const float* a = ah + h * C;
     for (i64 w = 0; w < W; ++w) {
       const float* xr = x + (h * W + w) * C;
       const float* b = aw + w * C;
       float* orow = o + (h * W + w) * C;
-      for (i64 c = 0; c < cn; ++c) orow[c] = xr[c] * b[c] * a[c];
+      for (i64 c = 0; c < cn; ++c) orow[c] = t.one(xr[c], c) * b[c] * a[c];
     }
   }
+}
+
+CA_CLONES void gate_nhwc(const float* __restrict__ x, const float* __restrict__ ah, const float* __restrict__ aw,
+                         float* __restrict__ o, i64 H, i64 W, i64 C, i64 cn) {
+  gate_nhwc_t(x, Plain{}, ah, aw, o, H, W, C, cn);
 }
 
 // t = grad * x; ga_h[h] += t * a_w[w] (registers), ga_w[w] += t * a_h[h] (strip).
@@ -242,6 +250,11 @@ template <int K> CA_INLINE Vec<K> relu6_v(Vec<K> z) {
   return lo > six ? six : lo;
 }
 
+CA_INLINE float relu6_f(float z) {
+  const float lo = z < 0.f ? 0.f : z;
+  return lo > 6.f ? 6.f : lo;
+}
+
 struct WithBn {  // y = clamp((x - mean) * a + b, 0, 6)
   BnAff f;
   template <int K> struct At {
@@ -249,6 +262,7 @@ struct WithBn {  // y = clamp((x - mean) * a + b, 0, 6)
     __attribute__((always_inline)) Vec<K> operator()(Vec<K> v) const { return relu6_v<K>((v - m) * a + b); }
   };
   template <int K> __attribute__((always_inline)) At<K> at(i64 c) const { return {ld<K>(f.m + c), ld<K>(f.a + c), ld<K>(f.b + c)}; }
+  __attribute__((always_inline)) float one(float v, i64 c) const { return relu6_f((v - f.m[c]) * f.a[c] + f.b[c]); }
 };
 
 CA_CLONES void pool_bn_nhwc(const float* __restrict__ x, BnAff f, float* __restrict__ ph, float* __restrict__ pw,
@@ -256,24 +270,9 @@ CA_CLONES void pool_bn_nhwc(const float* __restrict__ x, BnAff f, float* __restr
   pool_nhwc_t(x, WithBn{f}, ph, pw, H, W, C, cn);
 }
 
-CA_INLINE float relu6_f(float z) {
-  const float lo = z < 0.f ? 0.f : z;
-  return lo > 6.f ? 6.f : lo;
-}
-
-// A plain stream over contiguous channels, like gate_nhwc: the compiler vectorises it.
 CA_CLONES void gate_bn_nhwc(const float* __restrict__ x, BnAff f, const float* __restrict__ ah,
                             const float* __restrict__ aw, float* __restrict__ o, i64 H, i64 W, i64 C, i64 cn) {
-  const float *__restrict__ m = f.m, *__restrict__ fa = f.a, *__restrict__ fb = f.b;
-  for (i64 h = 0; h < H; ++h) {
-    const float* a = ah + h * C;
-    for (i64 w = 0; w < W; ++w) {
-      const float* xr = x + (h * W + w) * C;
-      const float* b = aw + w * C;
-      float* orow = o + (h * W + w) * C;
-      for (i64 c = 0; c < cn; ++c) orow[c] = relu6_f((xr[c] - m[c]) * fa[c] + fb[c]) * b[c] * a[c];
-    }
-  }
+  gate_nhwc_t(x, WithBn{f}, ah, aw, o, H, W, C, cn);
 }
 
 // Backward reductions, per task (sample n, channels c0..): with d = x - mean, y and mask from z:
