@@ -79,7 +79,7 @@ class DataConfig:
     # cifar100 labels: fine (100 classes) | coarse (20 superclasses)
     cifar100_labels: str = "fine"
     # synthetic: size of the generated training pool (val is carved from it) and of the test set
-    synthetic_train: int = 7000
+    synthetic_train: int = 4000
     synthetic_test: int = 2000
     # synthetic: generator seed (another seed = other images, same rule)
     synthetic_seed: int = 0

@@ -326,7 +326,7 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
     ({"name": "mnist"}, r"data.name='mnist' is unknown; allowed: synthetic, cifar10, cifar100, imagefolder"),
     ({"name": "cifar10"}, r"data.root=None is required for data.name=cifar10.*data_batch_1..5"),
     ({"name": "synthetic", "crop": "zoom"}, r"data.crop='zoom' is not allowed; allowed: pad, resized"),
-    ({"name": "synthetic", "val_size": 7000}, r"data.val_size=7000 must be < data.synthetic_train=7000"),
+    ({"name": "synthetic", "val_size": 4000}, r"data.val_size=4000 must be < data.synthetic_train=4000"),
     ({"name": "synthetic", "rrc_scale": [0.5, 0.2]}, r"data.rrc_scale=\[0.5, 0.2\] must be \[low, high\]"),
     ({"name": "synthetic", "train_size": 0}, r"data.train_size=0 must be null \(all\) or an integer >= 1"),
     ({"name": "cifar100", "root": "/x", "cifar100_labels": "mid"}, r"allowed: fine, coarse"),
