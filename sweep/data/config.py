@@ -173,6 +173,13 @@ def validate_data(cfg: Any) -> DataConfig:
         need("image_size", c.image_size >= 32, "must be >= 32 for synthetic data (the lattice needs the room)")
         need("val_size", c.val_size < c.synthetic_train,
              f"must be < data.synthetic_train={c.synthetic_train} (the generated training pool)")
+        left = c.synthetic_train - c.val_size  # known without generating anything
+        need("train_size", c.train_size is None or c.train_size <= left,
+             f"exceeds the {left} training images left after data.val_size={c.val_size} "
+             f"(data.synthetic_train={c.synthetic_train}); allowed: 1..{left} or null (all)")
+        need("test_size", c.test_size is None or c.test_size <= c.synthetic_test,
+             f"exceeds the data.synthetic_test={c.synthetic_test} generated test images; "
+             f"allowed: 1..{c.synthetic_test} or null (all)")
     return c
 
 

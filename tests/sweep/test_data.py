@@ -327,6 +327,11 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
     ({"name": "cifar10"}, r"data.root=None is required for data.name=cifar10.*data_batch_1..5"),
     ({"name": "synthetic", "crop": "zoom"}, r"data.crop='zoom' is not allowed; allowed: pad, resized"),
     ({"name": "synthetic", "val_size": 4000}, r"data.val_size=4000 must be < data.synthetic_train=4000"),
+    ({"name": "synthetic", "synthetic_train": 2100, "val_size": 500, "train_size": 3000},
+     r"data.train_size=3000 exceeds the 1600 training images left after data.val_size=500 "
+     r"\(data.synthetic_train=2100\); allowed: 1..1600 or null"),
+    ({"name": "synthetic", "synthetic_test": 500, "test_size": 501},
+     r"data.test_size=501 exceeds the data.synthetic_test=500 generated test images; allowed: 1..500"),
     ({"name": "synthetic", "rrc_scale": [0.5, 0.2]}, r"data.rrc_scale=\[0.5, 0.2\] must be \[low, high\]"),
     ({"name": "synthetic", "train_size": 0}, r"data.train_size=0 must be null \(all\) or an integer >= 1"),
     ({"name": "cifar100", "root": "/x", "cifar100_labels": "mid"}, r"allowed: fine, coarse"),
@@ -343,7 +348,7 @@ def test_sizes_beyond_the_data(tmp_path):
     with pytest.raises(ConfigError, match=r"data.train_size=81 exceeds the 80 training images left after "
                                           r"data.val_size=20.*allowed: 1..80 or null"):
         load_data({**base, "train_size": 81})
-    with pytest.raises(ConfigError, match=r"data.test_size=51 exceeds the 50 test images"):
+    with pytest.raises(ConfigError, match=r"data.test_size=51 exceeds the data.synthetic_test=50 generated test images"):
         load_data({**base, "test_size": 51})
 
 

@@ -466,7 +466,7 @@ def clean_hydra():
     GlobalHydra.instance().clear()
 
 
-@pytest.mark.parametrize("name, size, check", [("ca_ofat", 19, True), ("baselines", 5, True),
+@pytest.mark.parametrize("name, size, check", [("ca_ofat", 19, True), ("baselines", 5, True), ("demo", 27, True),
                                                ("ca_joint", None, False)])
 def test_shipped_search_spaces(clean_hydra, name, size, check):
     impl = _impl_for(name)
@@ -492,8 +492,9 @@ def test_shipped_search_spaces(clean_hydra, name, size, check):
             "attention.reduction=32", "attention.pool=avg", "attention.act=h_swish",
             "attention.gate=sigmoid", "attention.directions=hw", "attention.norm=bn",
             "attention.position=post_dw", "attention.stages=[1,2,3,4,5,6,7]"]
-    if check:  # every config composes and passes the trial's own validation
-        assert impl._check_configs(space, {}) == size
+    if check:  # every config composes and passes the trial's own validation (the demo: every
+        # variant and every seed value, 9 + 3 - 1 distinct compositions)
+        assert impl._check_configs(space, {}) == (11 if name == "demo" else size)
 
 
 @pytest.mark.slow
