@@ -64,6 +64,9 @@ class SchedulerConf:
     # the trials' full budget (train.epochs): rungs at or beyond it stop nothing (a trial
     # that trained every epoch completes); null = the app's train.epochs if it has one
     max_epochs: Optional[int] = None
+    # a trial whose metric is within min_spread of the best at the rung always continues
+    # (0 = only exact ties: a rung where all trials are still at chance stops nothing)
+    min_spread: float = 0.0
 
 
 @dataclass

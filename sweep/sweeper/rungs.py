@@ -16,6 +16,9 @@ halving: early arrivals are judged against the trials seen so far, as Optuna's
 Ranking: non-dominated sorting of (accuracy maximized, cost minimized) into fronts; fronts in
 order; inside a front by crowding distance (larger first, NSGA-II), then by accuracy (higher
 first), then by trial number (earlier first) so the order is total and deterministic.
+Ties: a trial whose accuracy is within ``min_spread`` (default 0: exactly equal) of the best at
+the rung always continues. Without this, a rung where every trial is still at chance ranks by
+cost alone and stops every expensive configuration (measured: bench/RESULTS.md, issue 6).
 
 A stopped trial ends with ``status: pruned`` and is stored as Optuna PRUNED with its metrics at
 the last epoch it ran (``epochs_run``, accuracy, cost in user attrs), so reports list it with its
@@ -36,12 +39,12 @@ SCHEDULERS = ("none", "mo_asha")
 def check_scheduler(conf: Mapping[str, Any], objectives: Sequence[str]) -> Dict[str, Any]:
     """Validate ``hydra.sweeper.scheduler`` and return it as a plain dict with defaults."""
     out = {"name": "none", "min_epochs": 1, "eta": 3, "metric": "val_top1", "cost": "madds",
-           "max_epochs": None}
+           "max_epochs": None, "min_spread": 0.0}
     out.update({k: v for k, v in dict(conf or {}).items()})
-    unknown = sorted(set(out) - {"name", "min_epochs", "eta", "metric", "cost", "max_epochs"})
+    unknown = sorted(set(out) - {"name", "min_epochs", "eta", "metric", "cost", "max_epochs", "min_spread"})
     if unknown:
         raise ConfigError(f"hydra.sweeper.scheduler: unknown key(s) {unknown}; allowed: name, "
-                          f"min_epochs, eta, metric, cost, max_epochs")
+                          f"min_epochs, eta, metric, cost, max_epochs, min_spread")
     out["name"] = str(out["name"]).lower()
     if out["name"] not in SCHEDULERS:
         raise ConfigError(f"hydra.sweeper.scheduler.name={out['name']!r} is unknown; allowed: "
@@ -54,6 +57,13 @@ def check_scheduler(conf: Mapping[str, Any], objectives: Sequence[str]) -> Dict[
                               f">= {low}") from None
         if out[key] < low:
             raise ConfigError(f"hydra.sweeper.scheduler.{key}={out[key]} must be >= {low}")
+    try:
+        out["min_spread"] = float(out["min_spread"] if out["min_spread"] is not None else 0.0)
+    except (TypeError, ValueError):
+        out["min_spread"] = -1.0
+    if not out["min_spread"] >= 0:
+        raise ConfigError(f"hydra.sweeper.scheduler.min_spread={conf.get('min_spread')!r} must be a "
+                          f"number >= 0 (metric units, e.g. val top-1 points)")
     if out["max_epochs"] is not None:
         try:
             out["max_epochs"] = int(out["max_epochs"])
@@ -150,9 +160,16 @@ def rank_trials(entries: Sequence[Tuple[int, float, float]], maximize_metric: bo
 
 
 def keeps(number: int, entries: Sequence[Tuple[int, float, float]], eta: int,
-          maximize_metric: bool = True, minimize_cost: bool = True) -> bool:
+          maximize_metric: bool = True, minimize_cost: bool = True, min_spread: float = 0.0) -> bool:
     """Whether trial ``number`` continues past a rung: it ranks in the top ``max(1, n // eta)``
-    of the ``n`` trials at the rung (``entries`` must include it)."""
+    of the ``n`` trials at the rung (``entries`` must include it), or its metric is within
+    ``min_spread`` of the best metric at the rung: cost alone never stops a trial that the metric
+    cannot tell apart from the best (e.g. every trial still at chance accuracy after one epoch,
+    where a plain non-dominated sort would keep just the cheapest)."""
+    values = {n: v for n, v, _ in entries}
+    best = max(values.values()) if maximize_metric else min(values.values())
+    if abs(values[number] - best) <= min_spread:
+        return True
     order = rank_trials(entries, maximize_metric, minimize_cost)
     return order.index(number) < max(1, len(order) // int(eta))
 
@@ -207,7 +224,7 @@ class RungHooks(hooks.TrialHooks):
             if isinstance(v, (list, tuple)) and len(v) == 2:
                 entries.append((t.number, float(v[0]), float(v[1])))
         keep = keeps(self.trial.number, entries, self.conf["eta"], self.maximize_metric,
-                     self.minimize_cost)
+                     self.minimize_cost, float(self.conf.get("min_spread") or 0.0))
         if not keep:
             self.trial.set_user_attr("stopped_at_rung", int(epoch))
         return not keep

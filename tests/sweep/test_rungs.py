@@ -60,10 +60,29 @@ def test_ranking_and_decisions_on_hand_made_trials():
     assert rank_trials([(0, 2, 1), (1, 1, 2)], minimize_cost=False) == [0, 1]
 
 
+def test_cost_alone_never_stops_a_trial_tied_with_the_best():
+    # after one epoch every trial is at chance (10.0 %): the cost would keep only the cheapest
+    chance = [(0, 10.0, 3.0), (1, 10.0, 1.0), (2, 10.0, 2.0), (3, 10.0, 5.0), (4, 10.0, 4.0), (5, 10.0, 6.0)]
+    assert rank_trials(chance)[:2] == [1, 2]  # the plain ranking: by cost
+    assert all(keeps(n, chance, 3) for n, _, _ in chance)
+    # one trial above chance: the tied rest is ranked as usual (top 2 of 6 by fronts)
+    moved = chance[:5] + [(5, 12.0, 6.0)]
+    assert [n for n, _, _ in moved if keeps(n, moved, 3)] == [1, 5]
+    # min_spread: within 2 points of the best counts as a tie (metric noise)
+    assert [n for n, _, _ in moved if keeps(n, moved, 3, min_spread=2.0)] == [0, 1, 2, 3, 4, 5]
+    assert [n for n, _, _ in moved if keeps(n, moved, 3, min_spread=1.9)] == [1, 5]
+    # minimized metric: the best is the lowest
+    assert keeps(0, [(0, 0.5, 9.0), (1, 0.5, 1.0), (2, 0.9, 0.0)], 3, maximize_metric=False)
+
+
 def test_check_scheduler_defaults_and_errors():
     conf = check_scheduler({"name": "MO_ASHA", "eta": "2"}, ["val_top1", "madds"])
     assert conf == {"name": "mo_asha", "min_epochs": 1, "eta": 2, "metric": "val_top1",
-                    "cost": "madds", "max_epochs": None}
+                    "cost": "madds", "max_epochs": None, "min_spread": 0.0}
+    with pytest.raises(ConfigError, match=r"scheduler.min_spread=-1 must be a number >= 0"):
+        check_scheduler({"name": "mo_asha", "min_spread": -1}, [])
+    with pytest.raises(ConfigError, match=r"scheduler.min_spread='wide' must be a number >= 0"):
+        check_scheduler({"name": "mo_asha", "min_spread": "wide"}, [])
     with pytest.raises(ConfigError, match="scheduler.name='asha' is unknown; allowed: none, mo_asha"):
         check_scheduler({"name": "asha"}, [])
     with pytest.raises(ConfigError, match="scheduler.eta=1 must be >= 2"):
