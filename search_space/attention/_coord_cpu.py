@@ -107,6 +107,26 @@ def _fmt(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format if x.is_contiguous() else torch.channels_last
 
 
+def _middle_backward(a_h, a_w, ga_h, ga_w, pooled, params, needs) -> tuple:
+    """Gradients through CA's small middle part (the autograd graph ``pooled -> (a_h, a_w)`` kept
+    by the forward) given the gate gradients: ``(grad of pooled or None, [grad per param])``.
+
+    ``pooled=None``: its gradient is not wanted. ``needs[i]``: params[i] wants a gradient."""
+    want = [i for i, _ in enumerate(params) if needs[i]]
+    inputs = ([pooled] if pooled is not None else []) + [params[i] for i in want]
+    grads = list(torch.autograd.grad((a_h, a_w), inputs, (ga_h, ga_w), retain_graph=True,
+                                     allow_unused=True)) if inputs else []
+    g_pooled = None
+    if pooled is not None:
+        g_pooled = grads.pop(0)
+        if g_pooled is None:
+            g_pooled = torch.zeros_like(pooled)
+    grad_params = [None] * len(params)
+    for i, g in zip(want, grads):
+        grad_params[i] = g
+    return g_pooled, grad_params
+
+
 class _CoordHW(torch.autograd.Function):
     """``x * a_w * a_h`` with (a_h, a_w) = gates(row/column means of x), fused as described in
     the module docstring. ``params``: the tensors requiring grad that ``gates`` uses."""
@@ -134,15 +154,10 @@ class _CoordHW(torch.autograd.Function):
             grad = grad.contiguous(memory_format=_fmt(x))
         ah, aw = a_h.detach(), a_w.detach()
         ga_h, ga_w = ops.gate_hw_backward(grad, x, ah, aw)
-        want = [i for i, _ in enumerate(params) if ctx.needs_input_grad[2 + i]]
         need_x = ctx.needs_input_grad[0]
-        inputs = ([pooled] if need_x else []) + [params[i] for i in want]
-        grads = list(torch.autograd.grad((a_h, a_w), inputs, (ga_h, ga_w), retain_graph=True,
-                                         allow_unused=True)) if inputs else []
-        grad_x = ops.input_grad_hw(grad, ah, aw, grads.pop(0)) if need_x else None
-        grad_params = [None] * len(params)
-        for i, g in zip(want, grads):
-            grad_params[i] = g
+        g_pooled, grad_params = _middle_backward(a_h, a_w, ga_h, ga_w, pooled if need_x else None, params,
+                                                 ctx.needs_input_grad[2:])
+        grad_x = ops.input_grad_hw(grad, ah, aw, g_pooled) if need_x else None
         return (grad_x, None, *grad_params)
 
 
@@ -175,16 +190,8 @@ class _BNCoordHW(torch.autograd.Function):
         grad = grad.contiguous(memory_format=torch.channels_last)
         ah, aw = a_h.detach(), a_w.detach()
         ga_h, ga_w, mk, mkx, s1, s1x = ops.bn_gate_hw_backward(grad, x, mean, a, b, ah, aw)
-        want = [i for i, _ in enumerate(params) if ctx.needs_input_grad[5 + i]]
-        grads = list(torch.autograd.grad((a_h, a_w), [pooled] + [params[i] for i in want], (ga_h, ga_w),
-                                         retain_graph=True, allow_unused=True))
-        g_pooled = grads.pop(0)
-        if g_pooled is None:
-            g_pooled = torch.zeros_like(pooled)
+        g_pooled, grad_params = _middle_backward(a_h, a_w, ga_h, ga_w, pooled, params, ctx.needs_input_grad[5:])
         grad_x, grad_w, grad_b = ops.bn_input_grad_hw(grad, x, mean, invstd, a, b, ah, aw, g_pooled, mk, mkx, s1, s1x)
-        grad_params = [None] * len(params)
-        for i, g in zip(want, grads):
-            grad_params[i] = g
         return (grad_x if ctx.needs_input_grad[0] else None, grad_w if ctx.needs_input_grad[1] else None,
                 grad_b if ctx.needs_input_grad[2] else None, None, None, *grad_params)
 

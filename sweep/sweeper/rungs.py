@@ -57,13 +57,14 @@ def check_scheduler(conf: Mapping[str, Any], objectives: Sequence[str]) -> Dict[
                               f">= {low}") from None
         if out[key] < low:
             raise ConfigError(f"hydra.sweeper.scheduler.{key}={out[key]} must be >= {low}")
+    bad = ConfigError(f"hydra.sweeper.scheduler.min_spread={out['min_spread']!r} must be a number >= 0 "
+                      f"(metric units, e.g. val top-1 points)")
     try:
         out["min_spread"] = float(out["min_spread"] if out["min_spread"] is not None else 0.0)
     except (TypeError, ValueError):
-        out["min_spread"] = -1.0
+        raise bad from None
     if not out["min_spread"] >= 0:
-        raise ConfigError(f"hydra.sweeper.scheduler.min_spread={conf.get('min_spread')!r} must be a "
-                          f"number >= 0 (metric units, e.g. val top-1 points)")
+        raise bad
     if out["max_epochs"] is not None:
         try:
             out["max_epochs"] = int(out["max_epochs"])
@@ -224,7 +225,7 @@ class RungHooks(hooks.TrialHooks):
             if isinstance(v, (list, tuple)) and len(v) == 2:
                 entries.append((t.number, float(v[0]), float(v[1])))
         keep = keeps(self.trial.number, entries, self.conf["eta"], self.maximize_metric,
-                     self.minimize_cost, float(self.conf.get("min_spread") or 0.0))
+                     self.minimize_cost, self.conf["min_spread"])
         if not keep:
             self.trial.set_user_attr("stopped_at_rung", int(epoch))
         return not keep
