@@ -19,7 +19,9 @@ The fused path is taken for training-mode BN with grad enabled on a float32 CPU 
 input that requires grad, outside tracing / scripting / ``torch.compile`` / autocast and with no
 hooks on the two modules; everything else (eval, fvcore's traced FLOP count, CUDA, NCHW) is the
 plain ``act(bn(x))``. ``COORDSWEEP_BN_KERNEL=0`` disables it. The extension is compiled on first
-use and cached like the CA kernel (see :mod:`search_space._cpp_ext`).
+use and cached like the CA kernel (see :mod:`search_space._cpp_ext`). On CPUs with AVX-512 it runs
+hand-vectorised loops (bit-identical to the portable ones); ``COORDSWEEP_SIMD=generic``, read once
+per process, forces the portable loops (``torch.ops.coordsweep_bn.simd_path()`` tells which run).
 """
 from __future__ import annotations
 

@@ -13,6 +13,14 @@
 // Reductions run over fixed chunks of kChunk rows (float partial sums, shifted by the first row
 // to avoid cancellation), combined in double in chunk order: results do not depend on the
 // number of threads.
+//
+// Two code paths with the same arithmetic: explicit AVX-512 intrinsics (x86-64 with avx512f,
+// detected at run time) and the portable loops (GCC target_clones) as the fallback. The vector
+// path does the same float operations in the same per-column order, without FMA (the build uses
+// -ffp-contract=off), so both paths give bit-identical results; the ReLU6 mask recomputed by the
+// fused CA kernel (attention/coord_cpu.cpp) agrees with it bit for bit as well.
+// COORDSWEEP_SIMD=generic in the environment (read once, when the first op runs) forces the
+// portable path; torch.ops.coordsweep_bn.simd_path() says which path this process uses.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -24,7 +32,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -101,6 +113,301 @@ BN_CLONES void bwd_input_rows(const float* __restrict__ g, const float* __restri
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// AVX-512 path. Columns go in vectors of 16 floats, the last one masked (C need not be a
+// multiple of 16). The reductions keep each column's partial sums in registers over all rows of
+// the chunk when a row has at most 12 vectors (x then streams through once); wider rows go in
+// strips of 8 consecutive rows, each column vector's sums loaded, advanced by the 8 rows in order
+// and stored back. Either way each column is summed row by row from 0, as in the portable loops.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define BN_HAVE_AVX512 1
+#include <immintrin.h>
+#define BN_AVX512 __attribute__((target("avx512f")))
+
+inline __mmask16 tail_mask(i64 C, i64 c0) {  // lanes of the vector at column c0 inside [0, C)
+  const i64 n = C - c0;
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// Software prefetch kAhead floats ahead in a stream: the hardware prefetchers alone do not keep
+// two or three streams at memory speed when the loop does more than a few operations per vector.
+constexpr i64 kAhead = 2048;  // 8 KB
+BN_AVX512 inline void pf(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p + kAhead), _MM_HINT_T0); }
+
+// Vector j of a block of NV: the last one is masked to the columns that exist.
+template <int NV>
+BN_AVX512 inline __m512 ld(int j, const float* p, __mmask16 tail) {
+  return j == NV - 1 ? _mm512_maskz_loadu_ps(tail, p) : _mm512_loadu_ps(p);
+}
+
+template <int NV>
+BN_AVX512 inline void st(int j, float* p, __mmask16 tail, __m512 v) {
+  if (j == NV - 1) _mm512_mask_storeu_ps(p, tail, v);
+  else _mm512_storeu_ps(p, v);
+}
+
+// Column block [c0, c0 + 16 * NV) of stats_rows: partial sums in registers over all rows.
+template <int NV>
+BN_AVX512 void stats_block(const float* __restrict__ x, i64 rows, i64 C, i64 c0, const float* __restrict__ k,
+                           float* __restrict__ s, float* __restrict__ q) {
+  const __mmask16 tail = tail_mask(C, c0 + 16 * (NV - 1));
+  __m512 vs[NV], vq[NV];
+#pragma GCC unroll 16
+  for (int j = 0; j < NV; ++j) {
+    vs[j] = ld<NV>(j, s + c0 + 16 * j, tail);
+    vq[j] = ld<NV>(j, q + c0 + 16 * j, tail);
+  }
+  for (i64 r = 0; r < rows; ++r) {
+    const float* xr = x + r * C + c0;
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) {
+      const __m512 d = _mm512_sub_ps(ld<NV>(j, xr + 16 * j, tail), ld<NV>(j, k + c0 + 16 * j, tail));
+      vs[j] = _mm512_add_ps(vs[j], d);
+      vq[j] = _mm512_add_ps(vq[j], _mm512_mul_ps(d, d));
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < NV; ++j) {
+    st<NV>(j, s + c0 + 16 * j, tail, vs[j]);
+    st<NV>(j, q + c0 + 16 * j, tail, vq[j]);
+  }
+}
+
+// Wide rows: R consecutive rows (one contiguous strip of x) at a time, each column vector's sums
+// loaded, advanced by the R rows in order and stored back.
+template <int R>
+BN_AVX512 void stats_strip(const float* __restrict__ x, i64 C, const float* __restrict__ k, float* __restrict__ s,
+                           float* __restrict__ q) {
+  for (i64 c = 0; c < C; c += 16) {
+    const __mmask16 m = tail_mask(C, c);
+    const __m512 kv = _mm512_maskz_loadu_ps(m, k + c);
+    __m512 vs = _mm512_maskz_loadu_ps(m, s + c), vq = _mm512_maskz_loadu_ps(m, q + c);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + r * C + c), kv);
+      vs = _mm512_add_ps(vs, d);
+      vq = _mm512_add_ps(vq, _mm512_mul_ps(d, d));
+    }
+    _mm512_mask_storeu_ps(s + c, m, vs);
+    _mm512_mask_storeu_ps(q + c, m, vq);
+  }
+}
+
+// The ReLU6 pass-through mask 0 < z < 6 (false for NaN) of z = (x - mean) * a + b, d = x - mean.
+BN_AVX512 inline __mmask16 inside(__m512 d, __m512 a, __m512 b) {
+  const __m512 z = _mm512_add_ps(_mm512_mul_ps(d, a), b);
+  return _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GT_OQ), z, _mm512_set1_ps(6.f),
+                                 _CMP_LT_OQ);
+}
+
+// Column block of bwd_sums_rows: gm = grad zeroed outside the mask (not skipped, so that as in
+// the portable loop a NaN / inf x still reaches sgx through 0 * (x - mean)).
+template <int NV>
+BN_AVX512 void bwd_sums_block(const float* __restrict__ g, const float* __restrict__ x, i64 rows, i64 C, i64 c0,
+                              const float* __restrict__ a, const float* __restrict__ b,
+                              const float* __restrict__ mean, float* __restrict__ sg, float* __restrict__ sgx) {
+  const __mmask16 tail = tail_mask(C, c0 + 16 * (NV - 1));
+  __m512 vs[NV], vsx[NV];
+#pragma GCC unroll 16
+  for (int j = 0; j < NV; ++j) {
+    vs[j] = ld<NV>(j, sg + c0 + 16 * j, tail);
+    vsx[j] = ld<NV>(j, sgx + c0 + 16 * j, tail);
+  }
+  for (i64 r = 0; r < rows; ++r) {
+    const float* xr = x + r * C + c0;
+    const float* gr = g + r * C + c0;
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) {
+      const i64 o = c0 + 16 * j;
+      pf(xr + 16 * j);
+      pf(gr + 16 * j);
+      const __m512 d = _mm512_sub_ps(ld<NV>(j, xr + 16 * j, tail), ld<NV>(j, mean + o, tail));
+      const __mmask16 m = inside(d, ld<NV>(j, a + o, tail), ld<NV>(j, b + o, tail));
+      const __m512 gm = _mm512_maskz_mov_ps(m, ld<NV>(j, gr + 16 * j, tail));
+      vs[j] = _mm512_add_ps(vs[j], gm);
+      vsx[j] = _mm512_add_ps(vsx[j], _mm512_mul_ps(gm, d));
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < NV; ++j) {
+    st<NV>(j, sg + c0 + 16 * j, tail, vs[j]);
+    st<NV>(j, sgx + c0 + 16 * j, tail, vsx[j]);
+  }
+}
+
+template <int R>
+BN_AVX512 void bwd_sums_strip(const float* __restrict__ g, const float* __restrict__ x, i64 C,
+                              const float* __restrict__ a, const float* __restrict__ b,
+                              const float* __restrict__ mean, float* __restrict__ sg, float* __restrict__ sgx) {
+  for (i64 c = 0; c < C; c += 16) {
+    const __mmask16 lanes = tail_mask(C, c);
+    const __m512 mv = _mm512_maskz_loadu_ps(lanes, mean + c), av = _mm512_maskz_loadu_ps(lanes, a + c),
+                 bv = _mm512_maskz_loadu_ps(lanes, b + c);
+    __m512 vs = _mm512_maskz_loadu_ps(lanes, sg + c), vsx = _mm512_maskz_loadu_ps(lanes, sgx + c);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      pf(x + r * C + c);
+      pf(g + r * C + c);
+      const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, x + r * C + c), mv);
+      const __m512 gm = _mm512_maskz_mov_ps(inside(d, av, bv), _mm512_maskz_loadu_ps(lanes, g + r * C + c));
+      vs = _mm512_add_ps(vs, gm);
+      vsx = _mm512_add_ps(vsx, _mm512_mul_ps(gm, d));
+    }
+    _mm512_mask_storeu_ps(sg + c, lanes, vs);
+    _mm512_mask_storeu_ps(sgx + c, lanes, vsx);
+  }
+}
+
+// Calls f(std::integral_constant<int, NV>{}) with NV = n (1 <= n <= 12).
+template <class F>
+void with_nv(i64 n, F&& f) {
+  switch (n) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 9: f(std::integral_constant<int, 9>{}); break;
+    case 10: f(std::integral_constant<int, 10>{}); break;
+    case 11: f(std::integral_constant<int, 11>{}); break;
+    default: f(std::integral_constant<int, 12>{}); break;
+  }
+}
+
+// Rows of up to kStatsVec / kSumsVec vectors keep all partial sums in registers over the whole
+// chunk; wider rows go in strips of kStrip rows.
+constexpr i64 kStatsVec = 12, kSumsVec = 12, kStrip = 8;
+
+void stats_rows_avx512(const float* __restrict__ x, i64 rows, i64 C, const float* __restrict__ k,
+                       float* __restrict__ s, float* __restrict__ q) {
+  std::memset(s, 0, sizeof(float) * C);
+  std::memset(q, 0, sizeof(float) * C);
+  const i64 nvec = (C + 15) / 16;
+  if (nvec <= kStatsVec) {
+    with_nv(nvec, [&](auto n) { stats_block<decltype(n)::value>(x, rows, C, 0, k, s, q); });
+    return;
+  }
+  i64 r = 0;
+  for (; r + kStrip <= rows; r += kStrip) stats_strip<kStrip>(x + r * C, C, k, s, q);
+  for (; r < rows; ++r) stats_strip<1>(x + r * C, C, k, s, q);
+}
+
+void bwd_sums_rows_avx512(const float* __restrict__ g, const float* __restrict__ x, i64 rows, i64 C,
+                          const float* __restrict__ a, const float* __restrict__ b, const float* __restrict__ mean,
+                          float* __restrict__ sg, float* __restrict__ sgx) {
+  std::memset(sg, 0, sizeof(float) * C);
+  std::memset(sgx, 0, sizeof(float) * C);
+  const i64 nvec = (C + 15) / 16;
+  if (nvec <= kSumsVec) {
+    with_nv(nvec, [&](auto n) { bwd_sums_block<decltype(n)::value>(g, x, rows, C, 0, a, b, mean, sg, sgx); });
+    return;
+  }
+  i64 r = 0;
+  for (; r + kStrip <= rows; r += kStrip) bwd_sums_strip<kStrip>(g + r * C, x + r * C, C, a, b, mean, sg, sgx);
+  for (; r < rows; ++r) bwd_sums_strip<1>(g + r * C, x + r * C, C, a, b, mean, sg, sgx);
+}
+
+// One vector of norm_clamp_rows. y = min(6, max(0, z)): vmaxps / vminps return their second
+// operand when either is NaN, so max(0, z) = (0 > z ? 0 : z) and min(6, lo) = (6 < lo ? 6 : lo),
+// the portable loop's clamp, NaN and -0 included.
+BN_AVX512 inline void norm_clamp_vec(const float* xr, float* yr, i64 c, __mmask16 m, const float* a,
+                                     const float* b, const float* mean) {
+  const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + c), _mm512_maskz_loadu_ps(m, mean + c));
+  const __m512 z = _mm512_add_ps(_mm512_mul_ps(d, _mm512_maskz_loadu_ps(m, a + c)), _mm512_maskz_loadu_ps(m, b + c));
+  _mm512_mask_storeu_ps(yr + c, m, _mm512_min_ps(_mm512_set1_ps(6.f), _mm512_max_ps(_mm512_setzero_ps(), z)));
+}
+
+BN_AVX512 void norm_clamp_rows_avx512(const float* __restrict__ x, float* __restrict__ y, i64 rows, i64 C,
+                                      const float* __restrict__ a, const float* __restrict__ b,
+                                      const float* __restrict__ mean) {
+  const i64 full = C / 16 * 16;
+  const __mmask16 tail = tail_mask(C, full), all = 0xFFFF;
+  for (i64 r = 0; r < rows; ++r) {
+    for (i64 c = 0; c < full; c += 16) norm_clamp_vec(x + r * C, y + r * C, c, all, a, b, mean);
+    if (full < C) norm_clamp_vec(x + r * C, y + r * C, full, tail, a, b, mean);
+  }
+}
+
+// One vector of bwd_input_rows: dx = a * ((gm - mg) - d * mgx), the portable loop's operations.
+BN_AVX512 inline void bwd_input_vec(const float* gr, const float* xr, float* dr, i64 c, __mmask16 lanes,
+                                    const float* a, const float* b, const float* mean, const float* mg,
+                                    const float* mgx) {
+  pf(gr + c);
+  pf(xr + c);
+  pf(dr + c);
+  const __m512 av = _mm512_maskz_loadu_ps(lanes, a + c);
+  const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, xr + c), _mm512_maskz_loadu_ps(lanes, mean + c));
+  const __mmask16 m = inside(d, av, _mm512_maskz_loadu_ps(lanes, b + c));
+  const __m512 gm = _mm512_maskz_mov_ps(m, _mm512_maskz_loadu_ps(lanes, gr + c));
+  const __m512 t = _mm512_sub_ps(gm, _mm512_maskz_loadu_ps(lanes, mg + c));
+  const __m512 v = _mm512_sub_ps(t, _mm512_mul_ps(d, _mm512_maskz_loadu_ps(lanes, mgx + c)));
+  _mm512_mask_storeu_ps(dr + c, lanes, _mm512_mul_ps(av, v));
+}
+
+BN_AVX512 void bwd_input_rows_avx512(const float* __restrict__ g, const float* __restrict__ x, float* __restrict__ dx,
+                                     i64 rows, i64 C, const float* __restrict__ a, const float* __restrict__ b,
+                                     const float* __restrict__ mean, const float* __restrict__ mg,
+                                     const float* __restrict__ mgx) {
+  const i64 full = C / 16 * 16;
+  const __mmask16 tail = tail_mask(C, full), all = 0xFFFF;
+  for (i64 r = 0; r < rows; ++r) {
+    const i64 o = r * C;
+    for (i64 c = 0; c < full; c += 16) bwd_input_vec(g + o, x + o, dx + o, c, all, a, b, mean, mg, mgx);
+    if (full < C) bwd_input_vec(g + o, x + o, dx + o, full, tail, a, b, mean, mg, mgx);
+  }
+}
+#endif  // AVX-512
+
+// Which path runs: decided once per process (CPU feature + COORDSWEEP_SIMD).
+bool use_avx512() {
+  static const bool on = [] {
+#ifdef BN_HAVE_AVX512
+    const char* env = std::getenv("COORDSWEEP_SIMD");
+    if (env != nullptr && std::strcmp(env, "generic") == 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+#else
+    return false;
+#endif
+  }();
+  return on;
+}
+
+std::string simd_path() { return use_avx512() ? "avx512" : "generic"; }
+
+void stats_rows_any(const float* x, i64 rows, i64 C, const float* k, float* s, float* q) {
+#ifdef BN_HAVE_AVX512
+  if (use_avx512()) return stats_rows_avx512(x, rows, C, k, s, q);
+#endif
+  stats_rows(x, rows, C, k, s, q);
+}
+
+void norm_clamp_rows_any(const float* x, float* y, i64 rows, i64 C, const float* a, const float* b, const float* mean) {
+#ifdef BN_HAVE_AVX512
+  if (use_avx512()) return norm_clamp_rows_avx512(x, y, rows, C, a, b, mean);
+#endif
+  norm_clamp_rows(x, y, rows, C, a, b, mean);
+}
+
+void bwd_sums_rows_any(const float* g, const float* x, i64 rows, i64 C, const float* a, const float* b,
+                       const float* mean, float* sg, float* sgx) {
+#ifdef BN_HAVE_AVX512
+  if (use_avx512()) return bwd_sums_rows_avx512(g, x, rows, C, a, b, mean, sg, sgx);
+#endif
+  bwd_sums_rows(g, x, rows, C, a, b, mean, sg, sgx);
+}
+
+void bwd_input_rows_any(const float* g, const float* x, float* dx, i64 rows, i64 C, const float* a, const float* b,
+                        const float* mean, const float* mg, const float* mgx) {
+#ifdef BN_HAVE_AVX512
+  if (use_avx512()) return bwd_input_rows_avx512(g, x, dx, rows, C, a, b, mean, mg, mgx);
+#endif
+  bwd_input_rows(g, x, dx, rows, C, a, b, mean, mg, mgx);
+}
+
 // (x - mean) * a + b is BN's normalise-and-scale: a = weight * invstd, b = bias (centred first, so
 // a large common offset does not cost precision). Forward and backward both derive a from the
 // stored float invstd, so the ReLU6 mask is identical.
@@ -162,7 +469,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_stats(const at::Tensor& x, dou
   std::vector<float> k(xp, xp + C);  // shift: the first row
   std::vector<double> s, q;
   chunked_sums(M, C, s, q, [&](i64 r0, i64 rows, float* ps, float* pq) {
-    stats_rows(xp + r0 * C, rows, C, k.data(), ps, pq);
+    stats_rows_any(xp + r0 * C, rows, C, k.data(), ps, pq);
   });
   at::Tensor mean = at::empty({C}, x.options()), invstd = at::empty({C}, x.options()),
              variance = at::empty({C}, x.options());
@@ -193,7 +500,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu6_forward(cons
   const float* mp = mean.data_ptr<float>();
   at::Tensor y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   float* yp = y.data_ptr<float>();
-  rows_parallel(M, C, [&](i64 r0, i64 rows) { norm_clamp_rows(xp + r0 * C, yp + r0 * C, rows, C, a.data(), b.data(), mp); });
+  rows_parallel(M, C, [&](i64 r0, i64 rows) { norm_clamp_rows_any(xp + r0 * C, yp + r0 * C, rows, C, a.data(), b.data(), mp); });
   return {y, mean, invstd, variance};
 }
 
@@ -215,7 +522,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu6_backward(const at::Tenso
   const float* gp = grad.data_ptr<float>();
   std::vector<double> sg, sgx;
   chunked_sums(M, C, sg, sgx, [&](i64 r0, i64 rows, float* p1, float* p2) {
-    bwd_sums_rows(gp + r0 * C, xp + r0 * C, rows, C, a.data(), b.data(), mp, p1, p2);
+    bwd_sums_rows_any(gp + r0 * C, xp + r0 * C, rows, C, a.data(), b.data(), mp, p1, p2);
   });
   at::Tensor gw = at::empty({C}, x.options()), gb = at::empty({C}, x.options());
   std::vector<float> mg(C), mgx(C);
@@ -228,7 +535,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu6_backward(const at::Tenso
   at::Tensor dx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   float* dp = dx.data_ptr<float>();
   rows_parallel(M, C, [&](i64 r0, i64 rows) {
-    bwd_input_rows(gp + r0 * C, xp + r0 * C, dp + r0 * C, rows, C, a.data(), b.data(), mp, mg.data(), mgx.data());
+    bwd_input_rows_any(gp + r0 * C, xp + r0 * C, dp + r0 * C, rows, C, a.data(), b.data(), mp, mg.data(), mgx.data());
   });
   return {dx, gw, gb};
 }
@@ -236,6 +543,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu6_backward(const at::Tenso
 }  // namespace
 
 TORCH_LIBRARY(coordsweep_bn, m) {
+  m.def("simd_path() -> str", simd_path);  // "avx512" or "generic"
   m.def("bn_stats(Tensor x, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("bn_relu6_forward(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("bn_relu6_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor invstd)"
