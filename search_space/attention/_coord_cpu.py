@@ -7,16 +7,20 @@ the sum of the input-gradient branches). On CPU that traffic, not arithmetic, is
 
 Here the whole CA forward is one ``torch.autograd.Function`` whose big-tensor passes are C++
 kernels (``coord_cpu.cpp``, next to this file) and whose small middle part (conv1 -> norm ->
-act -> conv_h / conv_w -> gate on (N, H+W, C)-sized tensors) stays ordinary PyTorch autograd:
+act -> conv_h / conv_w -> gate on (N, H+W, C)-sized tensors) is a ``_coord_middle`` object:
+the paper configuration's forward and backward written out (``PaperMiddle``), any other
+configuration the module's own code under autograd (``GraphMiddle``):
 
-* forward: one read of x gives the row and column means; the middle part runs under
-  ``torch.enable_grad()`` on the detached means, keeping its small graph; one read of x and
-  one write give ``out = x * a_w * a_h``.
+* forward: one read of x gives the row and column means; the middle part maps them to the
+  gates; one read of x and one write give ``out = x * a_w * a_h``.
 * backward: one pass over grad and x gives the gate gradients
-  ``ga_h = sum_w grad * x * a_w`` and ``ga_w = sum_h grad * x * a_h``; ``torch.autograd.grad``
-  takes them through the small graph to the gradients of the means and of the module's
-  parameters; one pass over grad writes
+  ``ga_h = sum_w grad * x * a_w`` and ``ga_w = sum_h grad * x * a_h``; the middle part takes
+  them to the gradients of the means and of the module's parameters; one pass over grad writes
   ``grad_x = grad * a_h * a_w + g_xh / W + g_xw / H`` in x's memory format.
+
+The hot kernels of the BN-fused form also exist in AVX-512 intrinsics, chosen at run time
+(``COORDSWEEP_SIMD=generic`` forces the portable loops; ``torch.ops.coordsweep_ca.simd_path()``
+says which runs). ``COORDSWEEP_CA_PAPER_MIDDLE=0`` keeps the middle part in autograd.
 
 Seven full-tensor touches instead of ~16. Values equal the eager path's up to float32
 round-off (tested), the middle part (and so the norm's running statistics) runs once per
@@ -38,7 +42,7 @@ CoordAttn's plain PyTorch path. The backward is ``once_differentiable`` (no doub
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -49,10 +53,11 @@ from search_space._cpp_ext import (CACHE_ENV, CppExtension, autocast_on, compili
 
 ENV_SWITCH = "COORDSWEEP_CA_KERNEL"
 FUSE_BN_SWITCH = "COORDSWEEP_CA_FUSE_BN"  # 0: keep BN + ReLU6 and CA as two fused ops (benchmarks)
+PAPER_MIDDLE_SWITCH = "COORDSWEEP_CA_PAPER_MIDDLE"  # 0: the middle part always through autograd
 SOURCE = Path(__file__).with_name("coord_cpu.cpp")
 EXT_NAME = "coordsweep_ca_cpu"
-__all__ = ["CACHE_ENV", "ENV_SWITCH", "EXT_NAME", "FUSE_BN_SWITCH", "applies", "bn_coord_hw", "coord_hw", "enabled",
-           "fuse_bn_enabled", "load", "supported"]
+__all__ = ["CACHE_ENV", "ENV_SWITCH", "EXT_NAME", "FUSE_BN_SWITCH", "PAPER_MIDDLE_SWITCH", "applies", "bn_coord_hw",
+           "coord_hw", "enabled", "fuse_bn_enabled", "load", "paper_middle_enabled", "supported"]
 
 _EXT = CppExtension(EXT_NAME, SOURCE, "coordsweep_ca", "pool_hw", "CoordAttn", ENV_SWITCH)
 
@@ -65,6 +70,12 @@ def enabled() -> bool:
 def fuse_bn_enabled() -> bool:
     """CA may absorb the BatchNorm + ReLU6 before it (``COORDSWEEP_CA_FUSE_BN`` is not ``0``)."""
     return switched_on(FUSE_BN_SWITCH)
+
+
+def paper_middle_enabled() -> bool:
+    """The paper configuration's middle part may run written out (``_coord_middle.PaperMiddle``;
+    ``COORDSWEEP_CA_PAPER_MIDDLE`` is not ``0``)."""
+    return switched_on(PAPER_MIDDLE_SWITCH)
 
 
 def build_directory() -> Path:
@@ -107,57 +118,34 @@ def _fmt(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format if x.is_contiguous() else torch.channels_last
 
 
-def _middle_backward(a_h, a_w, ga_h, ga_w, pooled, params, needs) -> tuple:
-    """Gradients through CA's small middle part (the autograd graph ``pooled -> (a_h, a_w)`` kept
-    by the forward) given the gate gradients: ``(grad of pooled or None, [grad per param])``.
-
-    ``pooled=None``: its gradient is not wanted. ``needs[i]``: params[i] wants a gradient."""
-    want = [i for i, _ in enumerate(params) if needs[i]]
-    inputs = ([pooled] if pooled is not None else []) + [params[i] for i in want]
-    grads = list(torch.autograd.grad((a_h, a_w), inputs, (ga_h, ga_w), retain_graph=True,
-                                     allow_unused=True)) if inputs else []
-    g_pooled = None
-    if pooled is not None:
-        g_pooled = grads.pop(0)
-        if g_pooled is None:
-            g_pooled = torch.zeros_like(pooled)
-    grad_params = [None] * len(params)
-    for i, g in zip(want, grads):
-        grad_params[i] = g
-    return g_pooled, grad_params
-
-
 class _CoordHW(torch.autograd.Function):
     """``x * a_w * a_h`` with (a_h, a_w) = gates(row/column means of x), fused as described in
     the module docstring. ``params``: the tensors requiring grad that ``gates`` uses."""
 
     @staticmethod
-    def forward(ctx, x, gates, *params):
+    def forward(ctx, x, middle, *params):
         ops = _EXT.ops
         pooled = ops.pool_hw(x)  # (N, H+W, C)
-        with torch.enable_grad():
-            pooled = pooled.detach().requires_grad_(True)
-            a_h, a_w = gates(pooled)  # (N, H, C), (N, W, C) with the small graph attached
-            a_h, a_w = a_h.to(x.dtype), a_w.to(x.dtype)
-        out = ops.gate_hw(x, a_h.detach(), a_w.detach())
-        # Saved (not ctx attributes) so that the small graph lives exactly as long as the outer
-        # graph's saved tensors: freed after a plain backward, kept with retain_graph=True.
-        ctx.save_for_backward(x, pooled, a_h, a_w, *params)
+        a_h, a_w, saved = middle.forward(pooled)  # (N, H, C), (N, W, C)
+        a_h, a_w = a_h.to(x.dtype), a_w.to(x.dtype)
+        out = ops.gate_hw(x, a_h, a_w)
+        # Saved (not ctx attributes) so that the middle part's state lives exactly as long as the
+        # outer graph's saved tensors: freed after a plain backward, kept with retain_graph=True.
+        ctx.save_for_backward(x, a_h, a_w, *saved)
+        ctx.middle = middle
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         ops = _EXT.ops
-        x, pooled, a_h, a_w, *params = ctx.saved_tensors
+        x, a_h, a_w, *saved = ctx.saved_tensors
         if not grad.is_contiguous(memory_format=_fmt(x)):
             grad = grad.contiguous(memory_format=_fmt(x))
-        ah, aw = a_h.detach(), a_w.detach()
-        ga_h, ga_w = ops.gate_hw_backward(grad, x, ah, aw)
+        ga_h, ga_w = ops.gate_hw_backward(grad, x, a_h, a_w)
         need_x = ctx.needs_input_grad[0]
-        g_pooled, grad_params = _middle_backward(a_h, a_w, ga_h, ga_w, pooled if need_x else None, params,
-                                                 ctx.needs_input_grad[2:])
-        grad_x = ops.input_grad_hw(grad, ah, aw, g_pooled) if need_x else None
+        g_pooled, grad_params = ctx.middle.backward(saved, ga_h, ga_w, need_x, ctx.needs_input_grad[2:])
+        grad_x = ops.input_grad_hw(grad, a_h, a_w, g_pooled) if need_x else None
         return (grad_x, None, *grad_params)
 
 
@@ -167,18 +155,17 @@ class _BNCoordHW(torch.autograd.Function):
     and BN's batch mean and biased variance (for the running statistics)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, gates, *params):
+    def forward(ctx, x, weight, bias, eps, middle, *params):
         ops, bn_ops = _EXT.ops, bn_act.load()
         mean, invstd, var = bn_ops.bn_stats(x, eps)
         a = (weight.detach().float() * invstd).contiguous()  # the BN kernel's scale, bit for bit
         b = bias.detach().float().contiguous()
         pooled = ops.pool_hw_bn(x, mean, a, b)  # (N, H+W, C)
-        with torch.enable_grad():
-            pooled = pooled.detach().requires_grad_(True)
-            a_h, a_w = gates(pooled)
-            a_h, a_w = a_h.to(x.dtype), a_w.to(x.dtype)
-        out = ops.gate_hw_bn(x, mean, a, b, a_h.detach(), a_w.detach())
-        ctx.save_for_backward(x, mean, invstd, a, b, pooled, a_h, a_w, *params)
+        a_h, a_w, saved = middle.forward(pooled)
+        a_h, a_w = a_h.to(x.dtype), a_w.to(x.dtype)
+        out = ops.gate_hw_bn(x, mean, a, b, a_h, a_w)
+        ctx.save_for_backward(x, mean, invstd, a, b, a_h, a_w, *saved)
+        ctx.middle = middle
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
@@ -186,18 +173,17 @@ class _BNCoordHW(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad, _gm, _gv):
         ops = _EXT.ops
-        x, mean, invstd, a, b, pooled, a_h, a_w, *params = ctx.saved_tensors
+        x, mean, invstd, a, b, a_h, a_w, *saved = ctx.saved_tensors
         grad = grad.contiguous(memory_format=torch.channels_last)
-        ah, aw = a_h.detach(), a_w.detach()
-        ga_h, ga_w, mk, mkx, s1, s1x = ops.bn_gate_hw_backward(grad, x, mean, a, b, ah, aw)
-        g_pooled, grad_params = _middle_backward(a_h, a_w, ga_h, ga_w, pooled, params, ctx.needs_input_grad[5:])
-        grad_x, grad_w, grad_b = ops.bn_input_grad_hw(grad, x, mean, invstd, a, b, ah, aw, g_pooled, mk, mkx, s1, s1x)
+        ga_h, ga_w, mk, mkx, s1, s1x = ops.bn_gate_hw_backward(grad, x, mean, a, b, a_h, a_w)
+        g_pooled, grad_params = ctx.middle.backward(saved, ga_h, ga_w, True, ctx.needs_input_grad[5:])
+        grad_x, grad_w, grad_b = ops.bn_input_grad_hw(grad, x, mean, invstd, a, b, a_h, a_w, g_pooled, mk, mkx, s1,
+                                                      s1x)
         return (grad_x if ctx.needs_input_grad[0] else None, grad_w if ctx.needs_input_grad[1] else None,
                 grad_b if ctx.needs_input_grad[2] else None, None, None, *grad_params)
 
 
-def bn_coord_hw(bn: torch.nn.BatchNorm2d, x: torch.Tensor, gates: Callable[[torch.Tensor], tuple],
-                params: Sequence[torch.Tensor]) -> torch.Tensor:
+def bn_coord_hw(bn: torch.nn.BatchNorm2d, x: torch.Tensor, middle) -> torch.Tensor:
     """Fused ``CA(ReLU6(bn(x)))`` (directions hw, avg pooling) for a training-mode ``bn``; call only
     when :func:`applies` and ``search_space.bn_act.applies(bn, ReLU6, x)`` hold. Updates ``bn``'s
     running statistics like ``nn.BatchNorm2d``.
@@ -205,24 +191,24 @@ def bn_coord_hw(bn: torch.nn.BatchNorm2d, x: torch.Tensor, gates: Callable[[torc
     Args:
         bn: the BatchNorm2d before the ReLU6 (affine, training mode).
         x: its (N, C, H, W) float32 channels_last input.
-        gates, params: as for :func:`coord_hw`.
+        middle: as for :func:`coord_hw`.
     """
-    out, mean, var = _BNCoordHW.apply(x, bn.weight, bn.bias, bn.eps, gates, *[p for p in params if p.requires_grad])
+    out, mean, var = _BNCoordHW.apply(x, bn.weight, bn.bias, bn.eps, middle, *middle.params)
     bn_act.update_running_stats(bn, mean, var, x.numel() // x.shape[1])
     return out
 
 
-def coord_hw(x: torch.Tensor, gates: Callable[[torch.Tensor], tuple], params: Sequence[torch.Tensor]) -> torch.Tensor:
+def coord_hw(x: torch.Tensor, middle) -> torch.Tensor:
     """Fused CA (directions hw, avg pooling) on a tensor for which :func:`applies` is true.
 
     Args:
         x: (N, C, H, W) float32 CPU tensor, NCHW-contiguous or channels_last.
-        gates: maps the pooled descriptors (N, H+W, C) (rows first, then columns) to the gates
-            ``(a_h (N, H, C), a_w (N, W, C))`` with ordinary differentiable PyTorch ops.
-        params: every tensor requiring grad that ``gates`` reads (the module's parameters).
+        middle: CA's small middle part, a ``_coord_middle.GraphMiddle`` or ``PaperMiddle``: maps
+            the pooled descriptors (N, H+W, C) (rows first, then columns) to the gates
+            ``(a_h (N, H, C), a_w (N, W, C))`` and back-propagates through that map; its
+            ``params`` become inputs of the autograd Function so their gradients reach ``.grad``.
 
     Returns:
         ``x * a_w * a_h`` broadcast to x's shape, in x's memory format.
     """
-    return _CoordHW.apply(x, gates, *[p for p in params if p.requires_grad])
-
+    return _CoordHW.apply(x, middle, *middle.params)

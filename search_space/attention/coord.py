@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from search_space.attention import _coord_cpu
+from search_space.attention import _coord_cpu, _coord_middle
 from search_space.layers import ACTIVATIONS, GATES, check_choice, create_act, create_gate, reduced_channels
 from search_space.registry import register
 
@@ -139,7 +139,7 @@ class CoordAttn(nn.Module):
         if self.pool == "avg" and _coord_cpu.applies(x):
             # Fused CPU training path: the big-tensor passes in C++, this module's small middle
             # part (_gates_hw) in autograd; same values (see _coord_cpu).
-            return _coord_cpu.coord_hw(x, lambda pooled: self._gates_hw(pooled, h, w), list(self.parameters()))
+            return _coord_cpu.coord_hw(x, self._middle(h, w))
         x_h, x_w = self._pool_hw(x)  # (N, C, H), (N, C, W)
         a_h, a_w = self._gates_hw(torch.cat([x_h, x_w], dim=2).transpose(1, 2), h, w)
         return _gate(x, a_h.transpose(1, 2).unsqueeze(3), a_w.transpose(1, 2).unsqueeze(2))
@@ -152,7 +152,14 @@ class CoordAttn(nn.Module):
         if not _coord_cpu.applies(x):
             return None
         h, w = x.shape[-2:]
-        return _coord_cpu.bn_coord_hw(bn, x, lambda pooled: self._gates_hw(pooled, h, w), list(self.parameters()))
+        return _coord_cpu.bn_coord_hw(bn, x, self._middle(h, w))
+
+    def _middle(self, h: int, w: int):
+        """The fused path's middle part: written out for the paper configuration, this module's own
+        autograd code otherwise (see ``_coord_middle``)."""
+        if _coord_middle.paper_middle_applies(self) and _coord_cpu.paper_middle_enabled():
+            return _coord_middle.PaperMiddle(self, h, w)
+        return _coord_middle.GraphMiddle(lambda pooled: self._gates_hw(pooled, h, w), list(self.parameters()))
 
     def _gates_hw(self, pooled: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, H+W, C) row/column descriptors -> gates a_h (N, H, C) and a_w (N, W, C)."""

@@ -26,9 +26,18 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <cstdint>
+#include <string>
 #include <tuple>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define CA_HAVE_AVX512 1
+#else
+#define CA_HAVE_AVX512 0
+#endif
 
 namespace {
 
@@ -358,6 +367,244 @@ CA_CLONES void bn_igrad_nhwc(const float* __restrict__ g, const float* __restric
   }
 }
 
+// ---------------------------------------------------------------- AVX-512 versions (fused BN path)
+// GCC does not keep the ReLU6 mask selects of the loops above in vector registers (measured: the
+// backward reductions ran at ~2 cycles per element, 3-6x slower than memory), so the hot fused
+// kernels also exist written with AVX-512 intrinsics: masks are k-registers (compare -> masked
+// add), channel tails are masked loads/stores, and the reductions keep R image rows of
+// accumulators in registers. Chosen at run time when the CPU has AVX-512F and COORDSWEEP_SIMD is
+// not "generic" (tests compare both). Same arithmetic up to float32 round-off (FMA is used).
+bool use_avx512() {
+#if CA_HAVE_AVX512
+  static const bool on = [] {
+    const char* e = std::getenv("COORDSWEEP_SIMD");
+    return __builtin_cpu_supports("avx512f") && !(e && std::strcmp(e, "generic") == 0);
+  }();
+  return on;
+#else
+  return false;
+#endif
+}
+
+#if CA_HAVE_AVX512
+#define CA_AVX512 __attribute__((target("avx512f"), always_inline)) static inline
+#define CA_AVX512_FN __attribute__((target("avx512f"), noinline))
+
+CA_AVX512 __mmask16 tail_mask(i64 left) { return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u); }
+
+// z = (x - m) * a + b; y = clamp(z, 0, 6) with NaN propagating (max/min return their second
+// operand when one is NaN); k = 0 < z < 6 (false for NaN).
+struct Z512 {
+  __m512 d, y;
+  __mmask16 k;
+};
+CA_AVX512 Z512 bn_z(__m512 xv, __m512 m, __m512 a, __m512 b) {
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
+  const __m512 d = _mm512_sub_ps(xv, m);
+  const __m512 z = _mm512_add_ps(_mm512_mul_ps(d, a), b);
+  const __mmask16 k = _mm512_kand(_mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ), _mm512_cmp_ps_mask(z, six, _CMP_LT_OQ));
+  return {d, _mm512_min_ps(six, _mm512_max_ps(zero, z)), k};
+}
+
+// Loads / stores of one 16-channel block: plain when the block is full, masked for the channel tail
+// (masked stores are much slower than plain ones on some CPUs).
+template <bool Full> CA_AVX512 __m512 ldv(const float* p, __mmask16 km) {
+  return Full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(km, p);
+}
+template <bool Full> CA_AVX512 void stv(float* p, __mmask16 km, __m512 v) {
+  if (Full)
+    _mm512_storeu_ps(p, v);
+  else
+    _mm512_mask_storeu_ps(p, km, v);
+}
+
+// R rows h0.. of one 16-channel block (lanes km) of bn_gate_bwd_nhwc; column sums in the strips.
+template <int R, bool Full>
+CA_AVX512 void bn_gbwd_blk512(const float* g, const float* x, const float* ah, const float* aw, float* gah,
+                              float* mh, float* mhx, float* gaw, float* mw, float* mwx, __m512& s1, __m512& s1x,
+                              __m512 m, __m512 a, __m512 b, __mmask16 km, i64 h0, i64 W, i64 C) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  __m512 av[R], accg[R], accm[R], accx[R];
+  for (int i = 0; i < R; ++i) {
+    av[i] = ldv<Full>(ah + (h0 + i) * C, km);
+    accg[i] = accm[i] = accx[i] = _mm512_setzero_ps();
+  }
+  for (i64 w = 0; w < W; ++w) {
+    const i64 o = w * C;
+    const __m512 bw = ldv<Full>(aw + o, km);
+    __m512 cg = ldv<Full>(gaw + o, km), cm = ldv<Full>(mw + o, km);
+    __m512 cx = ldv<Full>(mwx + o, km);
+    for (int i = 0; i < R; ++i) {
+      const i64 off = ((h0 + i) * W + w) * C;
+      // The next channel block of this pixel (the next pass over the image) into L2: pixels are
+      // C floats apart, often about a page, which the hardware prefetchers do not follow.
+      _mm_prefetch(reinterpret_cast<const char*>(g + off + 48), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(x + off + 48), _MM_HINT_T1);
+      const __m512 gv = ldv<Full>(g + off, km);
+      const Z512 zz = bn_z(ldv<Full>(x + off, km), m, a, b);
+      const __m512 t = _mm512_mul_ps(gv, zz.y);
+      accg[i] = _mm512_add_ps(accg[i], _mm512_mul_ps(t, bw));
+      cg = _mm512_add_ps(cg, _mm512_mul_ps(t, av[i]));
+      // as the portable loop: 0/1 multipliers, not masked adds, so NaN / inf in g or x propagate alike
+      const __m512 mk = _mm512_maskz_mov_ps(zz.k, one);
+      const __m512 u = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(gv, av[i]), bw), mk);
+      s1 = _mm512_add_ps(s1, u);
+      s1x = _mm512_add_ps(s1x, _mm512_mul_ps(u, zz.d));
+      const __m512 md = _mm512_mul_ps(mk, zz.d);
+      accm[i] = _mm512_add_ps(accm[i], mk);
+      accx[i] = _mm512_add_ps(accx[i], md);
+      cm = _mm512_add_ps(cm, mk);
+      cx = _mm512_add_ps(cx, md);
+    }
+    stv<Full>(gaw + o, km, cg);
+    stv<Full>(mw + o, km, cm);
+    stv<Full>(mwx + o, km, cx);
+  }
+  for (int i = 0; i < R; ++i) {
+    stv<Full>(gah + (h0 + i) * C, km, accg[i]);
+    stv<Full>(mh + (h0 + i) * C, km, accm[i]);
+    stv<Full>(mhx + (h0 + i) * C, km, accx[i]);
+  }
+}
+
+// pool_bn_nhwc: R rows of one 16-channel block; same operations and order as pool_blk (bit-identical).
+template <int R, bool Full>
+CA_AVX512 void pool_bn_blk512(const float* x, __m512 m, __m512 a, __m512 b, float* ph, float* pw, i64 h0, i64 W,
+                              i64 C, __mmask16 km, __m512 fw) {
+  __m512 r[R];
+  for (int i = 0; i < R; ++i) r[i] = _mm512_setzero_ps();
+  for (i64 w = 0; w < W; ++w) {
+    float* q = pw + w * C;
+    __m512 s = ldv<Full>(q, km);
+    for (int i = 0; i < R; ++i) {
+      const i64 off = ((h0 + i) * W + w) * C;
+      _mm_prefetch(reinterpret_cast<const char*>(x + off + 48), _MM_HINT_T1);  // see bn_gbwd_blk512
+      const __m512 v = bn_z(ldv<Full>(x + off, km), m, a, b).y;
+      r[i] = _mm512_add_ps(r[i], v);
+      s = _mm512_add_ps(s, v);
+    }
+    stv<Full>(q, km, s);
+  }
+  for (int i = 0; i < R; ++i) stv<Full>(ph + (h0 + i) * C, km, _mm512_div_ps(r[i], fw));
+}
+
+template <bool Full>
+CA_AVX512 void pool_bn_chunk512(const float* x, BnAff f, float* ph, float* pw, i64 H, i64 W, i64 C, i64 c,
+                                __mmask16 km) {
+  const __m512 m = ldv<Full>(f.m + c, km), a = ldv<Full>(f.a + c, km), b = ldv<Full>(f.b + c, km);
+  const __m512 fw = _mm512_set1_ps(static_cast<float>(W)), fh = _mm512_set1_ps(static_cast<float>(H));
+  for (i64 w = 0; w < W; ++w) stv<Full>(pw + w * C + c, km, _mm512_setzero_ps());
+  i64 h = 0;
+  for (; h + kRows <= H; h += kRows) pool_bn_blk512<kRows, Full>(x + c, m, a, b, ph + c, pw + c, h, W, C, km, fw);
+  for (; h < H; ++h) pool_bn_blk512<1, Full>(x + c, m, a, b, ph + c, pw + c, h, W, C, km, fw);
+  for (i64 w = 0; w < W; ++w) stv<Full>(pw + w * C + c, km, _mm512_div_ps(ldv<Full>(pw + w * C + c, km), fh));
+}
+
+CA_AVX512_FN void pool_bn_avx512(const float* __restrict__ x, BnAff f, float* __restrict__ ph,
+                                 float* __restrict__ pw, i64 H, i64 W, i64 C, i64 cn) {
+  const i64 full = cn / 16 * 16;
+  for (i64 c = 0; c < full; c += 16) pool_bn_chunk512<true>(x, f, ph, pw, H, W, C, c, 0xFFFF);
+  if (full < cn) pool_bn_chunk512<false>(x, f, ph, pw, H, W, C, full, tail_mask(cn - full));
+}
+
+constexpr int kRows512 = 2;
+
+template <bool Full>
+CA_AVX512 void bn_gate_bwd_chunk512(const float* g, const float* x, BnAff f, const float* ah, const float* aw,
+                                    BwdOut o, i64 H, i64 W, i64 C, i64 c, __mmask16 km) {
+  const __m512 m = ldv<Full>(f.m + c, km), a = ldv<Full>(f.a + c, km), b = ldv<Full>(f.b + c, km);
+  const __m512 zero = _mm512_setzero_ps();
+  for (i64 w = 0; w < W; ++w) {
+    stv<Full>(o.gaw + w * C + c, km, zero);
+    stv<Full>(o.mw + w * C + c, km, zero);
+    stv<Full>(o.mwx + w * C + c, km, zero);
+  }
+  __m512 s1 = zero, s1x = zero;
+  const float *gc = g + c, *xc = x + c, *ahc = ah + c, *awc = aw + c;
+  float *gah = o.gah + c, *mh = o.mh + c, *mhx = o.mhx + c, *gaw = o.gaw + c, *mw = o.mw + c, *mwx = o.mwx + c;
+  i64 h = 0;
+  for (; h + kRows512 <= H; h += kRows512)
+    bn_gbwd_blk512<kRows512, Full>(gc, xc, ahc, awc, gah, mh, mhx, gaw, mw, mwx, s1, s1x, m, a, b, km, h, W, C);
+  for (; h < H; ++h)
+    bn_gbwd_blk512<1, Full>(gc, xc, ahc, awc, gah, mh, mhx, gaw, mw, mwx, s1, s1x, m, a, b, km, h, W, C);
+  stv<Full>(o.s1 + c, km, s1);
+  stv<Full>(o.s1x + c, km, s1x);
+}
+
+CA_AVX512_FN void bn_gate_bwd_avx512(const float* __restrict__ g, const float* __restrict__ x, BnAff f,
+                                     const float* __restrict__ ah, const float* __restrict__ aw, BwdOut o, i64 H,
+                                     i64 W, i64 C, i64 cn) {
+  const i64 full = cn / 16 * 16;
+  for (i64 c = 0; c < full; c += 16) bn_gate_bwd_chunk512<true>(g, x, f, ah, aw, o, H, W, C, c, 0xFFFF);
+  if (full < cn) bn_gate_bwd_chunk512<false>(g, x, f, ah, aw, o, H, W, C, full, tail_mask(cn - full));
+}
+
+template <bool Full>
+CA_AVX512 void bn_igrad_blk512(const float* g, const float* x, BnAff f, const float* ah, const float* aw,
+                               const float* qh, const float* qw, const float* mg, const float* mgx, float* o,
+                               __mmask16 km) {
+  const __m512 a = ldv<Full>(f.a, km);
+  const Z512 zz = bn_z(ldv<Full>(x, km), ldv<Full>(f.m, km), a, ldv<Full>(f.b, km));
+  const __m512 gy = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(ldv<Full>(g, km), ldv<Full>(ah, km)), ldv<Full>(aw, km)),
+                                  _mm512_add_ps(ldv<Full>(qh, km), ldv<Full>(qw, km)));
+  const __m512 gz = _mm512_maskz_mov_ps(zz.k, gy);
+  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(gz, ldv<Full>(mg, km)), _mm512_mul_ps(zz.d, ldv<Full>(mgx, km)));
+  stv<Full>(o, km, _mm512_mul_ps(a, r));
+}
+
+// bn_igrad_nhwc, pixel by pixel in memory order (a plain stream for the prefetchers).
+CA_AVX512_FN void bn_igrad_avx512(const float* __restrict__ g, const float* __restrict__ x, BnAff f,
+                                  const float* __restrict__ ah, const float* __restrict__ aw,
+                                  const float* __restrict__ qh, const float* __restrict__ qw,
+                                  const float* __restrict__ mg, const float* __restrict__ mgx, float* __restrict__ o,
+                                  i64 H, i64 W, i64 C, i64 cn) {
+  const i64 full = cn / 16 * 16;
+  const __mmask16 kt = tail_mask(cn - full);
+  for (i64 h = 0; h < H; ++h) {
+    for (i64 w = 0; w < W; ++w) {
+      const i64 off = (h * W + w) * C;
+      const float *gp = g + off, *xp = x + off, *hp = ah + h * C, *wp = aw + w * C, *ph = qh + h * C, *pw = qw + w * C;
+      float* op = o + off;
+      for (i64 c = 0; c < full; c += 16) {
+        // 8 KB ahead in all three streams (the hardware prefetchers alone fall behind here)
+        _mm_prefetch(reinterpret_cast<const char*>(gp + c + 2048), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(xp + c + 2048), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(op + c + 2048), _MM_HINT_T0);
+        bn_igrad_blk512<true>(gp + c, xp + c, {f.m + c, f.a + c, f.b + c}, hp + c, wp + c, ph + c, pw + c, mg + c,
+                              mgx + c, op + c, kt);
+      }
+      if (full < cn)
+        bn_igrad_blk512<false>(gp + full, xp + full, {f.m + full, f.a + full, f.b + full}, hp + full, wp + full,
+                               ph + full, pw + full, mg + full, mgx + full, op + full, kt);
+    }
+  }
+}
+#endif  // CA_HAVE_AVX512
+
+// One sample of bn_input_grad_hw's small sums (see there): q = g_pooled rows / W, columns / H;
+// p[0:C] = s1 + sum_l q * mk, p[C:2C] = s1x + sum_l q * mkx.
+CA_CLONES void pooled_grad_sums(const float* __restrict__ gp, const float* __restrict__ mk,
+                                const float* __restrict__ mkx, const float* __restrict__ s1,
+                                const float* __restrict__ s1x, float* __restrict__ q, float* __restrict__ p, i64 H,
+                                i64 W, i64 C) {
+  const float fw = static_cast<float>(W), fh = static_cast<float>(H);
+  for (i64 i = 0; i < H * C; ++i) q[i] = gp[i] / fw;
+  for (i64 i = H * C; i < (H + W) * C; ++i) q[i] = gp[i] / fh;
+  float* p1 = p;
+  float* p2 = p + C;
+  for (i64 c = 0; c < C; ++c) {
+    p1[c] = s1[c];
+    p2[c] = s1x[c];
+  }
+  for (i64 l = 0; l < H + W; ++l) {
+    const float *ql = q + l * C, *ml = mk + l * C, *xl = mkx + l * C;
+    for (i64 c = 0; c < C; ++c) {
+      p1[c] += ql[c] * ml[c];
+      p2[c] += ql[c] * xl[c];
+    }
+  }
+}
+
 // ---------------------------------------------------------------- NCHW
 // One task = one (n, c) plane of H x W; ph/ah/... point at that plane's H (or W) entries.
 CA_INLINE float row_sum(const float* __restrict__ x, i64 n) {
@@ -629,6 +876,12 @@ at::Tensor pool_hw_bn(const at::Tensor& x, const at::Tensor& mean, const at::Ten
   float* op = out.data_ptr<float>();
   for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
     float* ph = op + n * L * g.C + c0;
+#if CA_HAVE_AVX512
+    if (use_avx512()) {
+      pool_bn_avx512(xp + n * g.H * g.W * g.C + c0, f.at(c0), ph, ph + g.H * g.C, g.H, g.W, g.C, cn);
+      return;
+    }
+#endif
     pool_bn_nhwc(xp + n * g.H * g.W * g.C + c0, f.at(c0), ph, ph + g.H * g.C, g.H, g.W, g.C, cn);
   });
   return out;
@@ -674,6 +927,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
              mk.data_ptr<float>() + sl, mkx.data_ptr<float>() + sl,
              mk.data_ptr<float>() + sl + g.H * g.C, mkx.data_ptr<float>() + sl + g.H * g.C,
              s1.data_ptr<float>() + n * g.C + c0, s1x.data_ptr<float>() + n * g.C + c0};
+#if CA_HAVE_AVX512
+    if (use_avx512()) {
+      bn_gate_bwd_avx512(gp + big, xp + big, f.at(c0), hp + sh, wp + sw, o, g.H, g.W, g.C, cn);
+      return;
+    }
+#endif
     bn_gate_bwd_nhwc(gp + big, xp + big, f.at(c0), hp + sh, wp + sw, o, g.H, g.W, g.C, cn);
   });
   return {ga_h, ga_w, mk, mkx, s1, s1x};
@@ -701,36 +960,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_input_grad_hw(
   TORCH_CHECK(s1_.dim() == 2 && s1_.size(0) == g.N && s1_.size(1) == C && s1x_.sizes() == s1_.sizes(),
               "bn_input_grad_hw: s1 / s1x must be (N, C)");
   const at::Tensor s1 = s1_.contiguous(), s1x = s1x_.contiguous();
-  // q = g_pooled with rows divided by W and columns by H: the per-pixel terms of dL/dy.
-  at::Tensor q = at::empty({g.N, L, C}, x.options());
-  const float* gpp = gp.data_ptr<float>();
-  float* qp = q.data_ptr<float>();
-  const float fw = static_cast<float>(g.W), fh = static_cast<float>(g.H);
-  for (i64 n = 0; n < g.N; ++n) {
-    const i64 o = n * L * C;
-    for (i64 i = 0; i < g.H * C; ++i) qp[o + i] = gpp[o + i] / fw;
-    for (i64 i = g.H * C; i < L * C; ++i) qp[o + i] = gpp[o + i] / fh;
-  }
-  // sg = sum mask * dL/dy, sgx = sum mask * dL/dy * (x - mean).
-  std::vector<double> sg(C, 0.0), sgx(C, 0.0);
-  std::vector<float> p1(C), p2(C);
-  const float *mkp = mk.data_ptr<float>(), *mxp = mkx.data_ptr<float>();
+  // q = g_pooled with rows divided by W and columns by H: the per-pixel terms of dL/dy; per sample
+  // (in parallel) p1 = s1 + sum_l q * mk, p2 = s1x + sum_l q * mkx; then summed over samples in
+  // double, in sample order.
+  at::Tensor q = at::empty({g.N, L, C}, x.options()), p12 = at::empty({g.N, 2, C}, x.options());
+  const float *gpp = gp.data_ptr<float>(), *mkp = mk.data_ptr<float>(), *mxp = mkx.data_ptr<float>();
   const float *s1p = s1.data_ptr<float>(), *s1xp = s1x.data_ptr<float>();
+  float *qp = q.data_ptr<float>(), *pp = p12.data_ptr<float>();
+  at::parallel_for(0, g.N, 1, [&](i64 begin, i64 end) {
+    for (i64 n = begin; n < end; ++n) {
+      const i64 o = n * L * C;
+      pooled_grad_sums(gpp + o, mkp + o, mxp + o, s1p + n * C, s1xp + n * C, qp + o, pp + 2 * n * C, g.H, g.W, C);
+    }
+  });
+  std::vector<double> sg(C, 0.0), sgx(C, 0.0);
   for (i64 n = 0; n < g.N; ++n) {
     for (i64 c = 0; c < C; ++c) {
-      p1[c] = s1p[n * C + c];
-      p2[c] = s1xp[n * C + c];
-    }
-    for (i64 l = 0; l < L; ++l) {
-      const i64 o = (n * L + l) * C;
-      for (i64 c = 0; c < C; ++c) {
-        p1[c] += qp[o + c] * mkp[o + c];
-        p2[c] += qp[o + c] * mxp[o + c];
-      }
-    }
-    for (i64 c = 0; c < C; ++c) {
-      sg[c] += p1[c];
-      sgx[c] += p2[c];
+      sg[c] += pp[2 * n * C + c];
+      sgx[c] += pp[(2 * n + 1) * C + c];
     }
   }
   const double M = static_cast<double>(g.N * g.H * g.W);
@@ -750,6 +997,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_input_grad_hw(
   for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
     const i64 big = n * g.H * g.W * C + c0, sh = n * g.H * C + c0, sw = n * g.W * C + c0;
     const float* qn = qp + n * L * C + c0;
+#if CA_HAVE_AVX512
+    if (use_avx512()) {
+      bn_igrad_avx512(gradp + big, xp + big, f.at(c0), hp + sh, wp + sw, qn, qn + g.H * C, mg.data_ptr<float>() + c0,
+                      mgx.data_ptr<float>() + c0, op + big, g.H, g.W, C, cn);
+      return;
+    }
+#endif
     bn_igrad_nhwc(gradp + big, xp + big, f.at(c0), hp + sh, wp + sw, qn, qn + g.H * C, mg.data_ptr<float>() + c0,
                   mgx.data_ptr<float>() + c0, op + big, g.H, g.W, C, cn);
   });
@@ -758,7 +1012,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_input_grad_hw(
 
 }  // namespace
 
+std::string simd_path() { return use_avx512() ? "avx512" : "generic"; }
+
 TORCH_LIBRARY(coordsweep_ca, m) {
+  m.def("simd_path() -> str", simd_path);  // "avx512" or "generic" (COORDSWEEP_SIMD=generic forces the latter)
   m.def("pool_hw(Tensor x) -> Tensor");
   m.def("gate_hw(Tensor x, Tensor a_h, Tensor a_w) -> Tensor");
   m.def("gate_hw_backward(Tensor grad, Tensor x, Tensor a_h, Tensor a_w) -> (Tensor, Tensor)");

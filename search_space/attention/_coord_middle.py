@@ -1,0 +1,160 @@
+"""CA's small middle part on the fused CPU path: pooled descriptors (N, H+W, C) -> gates (a_h, a_w).
+
+``search_space/attention/_coord_cpu.py`` runs CA's big-tensor passes in C++ and hands the small
+part in between (conv1 -> norm -> act -> conv_h / conv_w -> gate, on (N, H+W, C)-sized tensors)
+to one of two implementations with one interface:
+
+* :class:`GraphMiddle`: any CA configuration. Runs the module's own PyTorch code under
+  ``torch.enable_grad()`` on the detached descriptors and keeps that small autograd graph; the
+  backward is ``torch.autograd.grad`` through it.
+* :class:`PaperMiddle`: the paper's configuration (BatchNorm, h_swish, sigmoid, biased 1x1
+  convs), forward and backward written out as the few ATen calls they need (3 + 4 GEMMs in
+  the wide-output orientation, ``native_batch_norm`` and its backward, ``sigmoid_backward``),
+  without building a graph: 12 calls forward and ~20 backward instead of ~35 autograd nodes
+  and their bookkeeping per CA module and step. Same values as the graph up to float32
+  round-off (its BatchNorm and GEMMs see the tensors in another layout and sum in another
+  order; tested against GraphMiddle and float64: no further from float64 than the graph).
+
+Interface: ``params`` (the tensors the Function passes through so their gradients reach
+``.grad``), ``forward(pooled) -> (a_h, a_w, saved)`` and
+``backward(saved, ga_h, ga_w, need_pooled, needs) -> (g_pooled or None, [grad or None per param])``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ["GraphMiddle", "PaperMiddle", "paper_middle_applies"]
+
+_aten = torch.ops.aten
+
+
+class GraphMiddle:
+    """The middle part as ordinary autograd: ``fn(pooled) -> (a_h, a_w)`` reading ``params``."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], tuple], params: Sequence[torch.Tensor]):
+        self.fn = fn
+        self.params = [p for p in params if p.requires_grad]
+
+    def forward(self, pooled: torch.Tensor):
+        with torch.enable_grad():
+            pooled = pooled.detach().requires_grad_(True)
+            a_h, a_w = self.fn(pooled)  # (N, H, C), (N, W, C) with the small graph attached
+        # Saved by the Function (not kept here) so the small graph lives exactly as long as the
+        # outer graph's saved tensors: freed after a plain backward, kept with retain_graph=True.
+        return a_h.detach(), a_w.detach(), (pooled, a_h, a_w)
+
+    def backward(self, saved, ga_h, ga_w, need_pooled: bool, needs: Sequence[bool]):
+        pooled, a_h, a_w = saved
+        want = [i for i, _ in enumerate(self.params) if needs[i]]
+        inputs = ([pooled] if need_pooled else []) + [self.params[i] for i in want]
+        grads = list(torch.autograd.grad((a_h, a_w), inputs, (ga_h, ga_w), retain_graph=True,
+                                         allow_unused=True)) if inputs else []
+        g_pooled = None
+        if need_pooled:
+            g_pooled = grads.pop(0)
+            if g_pooled is None:
+                g_pooled = torch.zeros_like(pooled)
+        grad_params = [None] * len(self.params)
+        for i, g in zip(want, grads):
+            grad_params[i] = g
+        return g_pooled, grad_params
+
+
+def paper_middle_applies(module: nn.Module) -> bool:
+    """``module`` (a CoordAttn with ``directions: hw``) has the paper's middle part in a form
+    :class:`PaperMiddle` computes: BatchNorm2d (affine), h_swish, sigmoid gate, biased convs."""
+    from search_space.layers import HSwish
+
+    bn = module.bn1
+    return (type(bn) is nn.BatchNorm2d and bn.affine and bn.training and type(module.act) is HSwish
+            and type(module.gate) is nn.Sigmoid and module.conv1.bias is not None
+            and module.conv_h is not None and module.conv_w is not None
+            and module.conv_h.bias is not None and module.conv_w.bias is not None)
+
+
+class PaperMiddle:
+    """The paper's middle part written out (see the module docstring). Updates ``bn1``'s running
+    statistics and ``num_batches_tracked`` like ``nn.BatchNorm2d`` in training mode.
+
+    Args:
+        module: a CoordAttn for which :func:`paper_middle_applies` holds.
+        h, w: the input's spatial size (the split of the H+W descriptors).
+    """
+
+    def __init__(self, module: nn.Module, h: int, w: int):
+        self.m, self.h, self.w = module, h, w
+        self.params = [module.conv1.weight, module.conv1.bias, module.bn1.weight, module.bn1.bias,
+                       module.conv_h.weight, module.conv_h.bias, module.conv_w.weight, module.conv_w.bias]
+
+    def _momentum(self) -> float:
+        bn = self.m.bn1
+        if not bn.track_running_stats:
+            return 0.0
+        bn.num_batches_tracked.add_(1)
+        return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+    def forward(self, pooled: torch.Tensor):
+        m, h, w = self.m, self.h, self.w
+        n, length, c = pooled.shape
+        p2 = pooled.reshape(n * length, c)
+        w1 = m.conv1.weight.detach().reshape(-1, c)  # (mip, C)
+        mip = w1.shape[0]
+        # conv1, wide output: (mip, N*L) = W1 @ P^T + b1 (what _WideLinear computes, transposed)
+        y1 = torch.addmm(m.conv1.bias.detach().unsqueeze(1), w1, p2.t())
+        bn = m.bn1
+        run_m, run_v = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
+        yn, save_mean, save_invstd = torch.native_batch_norm(
+            y1.view(1, mip, n * length), bn.weight.detach(), bn.bias.detach(), run_m, run_v, True, self._momentum(),
+            bn.eps)
+        yn = yn.view(mip, n, length)
+        act = yn * torch.nn.functional.relu6(yn + 3.0) / 6.0  # h_swish as layers.HSwish computes it
+        act_h = act[:, :, :h].reshape(mip, n * h)
+        act_w = act[:, :, h:].reshape(mip, n * w)
+        a_h = torch.addmm(m.conv_h.bias.detach(), act_h.t(), m.conv_h.weight.detach().reshape(c, mip).t()).sigmoid_()
+        a_w = torch.addmm(m.conv_w.bias.detach(), act_w.t(), m.conv_w.weight.detach().reshape(c, mip).t()).sigmoid_()
+        saved = (p2, y1, yn, act_h, act_w, save_mean, save_invstd, a_h, a_w)
+        return a_h.view(n, h, c), a_w.view(n, w, c), saved
+
+    def backward(self, saved, ga_h, ga_w, need_pooled: bool, needs: Sequence[bool]):
+        m, h, w = self.m, self.h, self.w
+        p2, y1, yn, act_h, act_w, save_mean, save_invstd, a_h, a_w = saved
+        rows, c = p2.shape
+        mip, n = yn.shape[0], yn.shape[1]
+        wh = m.conv_h.weight.detach().reshape(c, mip)
+        ww = m.conv_w.weight.detach().reshape(c, mip)
+        gz_h = _aten.sigmoid_backward(ga_h.reshape(n * h, c), a_h)  # (N*H, C)
+        gz_w = _aten.sigmoid_backward(ga_w.reshape(n * w, c), a_w)
+        grads: list = [None] * 8
+        if needs[4]:
+            grads[4] = torch.mm(act_h, gz_h).t().reshape(m.conv_h.weight.shape)  # (mip, C) product, wide
+        if needs[5]:
+            grads[5] = gz_h.sum(0)
+        if needs[6]:
+            grads[6] = torch.mm(act_w, gz_w).t().reshape(m.conv_w.weight.shape)
+        if needs[7]:
+            grads[7] = gz_w.sum(0)
+        if need_pooled or any(needs[:4]):
+            g_act = torch.empty(mip, n, h + w, dtype=yn.dtype)
+            g_act[:, :, :h] = torch.mm(wh.t(), gz_h.t()).view(mip, n, h)
+            g_act[:, :, h:] = torch.mm(ww.t(), gz_w.t()).view(mip, n, w)
+            # h_swish'(y) = relu6(y + 3) / 6 + y / 6 on -3 < y < 3 (hardtanh's open interval)
+            r = yn + 3.0
+            g_yn = g_act * (torch.nn.functional.relu6(r) + yn * ((r > 0) & (r < 6))) / 6.0
+            bn = m.bn1
+            g_y1, g_gamma, g_beta = _aten.native_batch_norm_backward(
+                g_yn.view(1, mip, rows), y1.view(1, mip, rows), bn.weight.detach(), None, None, save_mean,
+                save_invstd, True, bn.eps, [True, needs[2], needs[3]])
+            g_y1 = g_y1.view(mip, rows)
+            grads[2], grads[3] = g_gamma, g_beta
+            w1 = m.conv1.weight.detach().reshape(mip, c)
+            if needs[0]:
+                grads[0] = torch.mm(g_y1, p2).reshape(m.conv1.weight.shape)  # (mip, C), wide
+            if needs[1]:
+                grads[1] = g_y1.sum(1)
+            g_pooled = torch.mm(g_y1.t(), w1).view(n, h + w, c) if need_pooled else None  # (N*L, C), wide
+        else:
+            g_pooled = None
+        return g_pooled, grads
