@@ -142,7 +142,7 @@ class _CoordHW(torch.autograd.Function):
         x, a_h, a_w, *saved = ctx.saved_tensors
         if not grad.is_contiguous(memory_format=_fmt(x)):
             grad = grad.contiguous(memory_format=_fmt(x))
-        ga_h, ga_w = ops.gate_hw_backward(grad, x, a_h, a_w)
+        ga_h, ga_w = ops.gate_hw_backward(grad, x, a_h, a_w, ctx.middle.logit_grads)
         need_x = ctx.needs_input_grad[0]
         g_pooled, grad_params = ctx.middle.backward(saved, ga_h, ga_w, need_x, ctx.needs_input_grad[2:])
         grad_x = ops.input_grad_hw(grad, a_h, a_w, g_pooled) if need_x else None
@@ -175,7 +175,7 @@ class _BNCoordHW(torch.autograd.Function):
         ops = _EXT.ops
         x, mean, invstd, a, b, a_h, a_w, *saved = ctx.saved_tensors
         grad = grad.contiguous(memory_format=torch.channels_last)
-        ga_h, ga_w, mk, mkx, s1, s1x = ops.bn_gate_hw_backward(grad, x, mean, a, b, a_h, a_w)
+        ga_h, ga_w, mk, mkx, s1, s1x = ops.bn_gate_hw_backward(grad, x, mean, a, b, a_h, a_w, ctx.middle.logit_grads)
         g_pooled, grad_params = ctx.middle.backward(saved, ga_h, ga_w, True, ctx.needs_input_grad[5:])
         grad_x, grad_w, grad_b = ops.bn_input_grad_hw(grad, x, mean, invstd, a, b, a_h, a_w, g_pooled, mk, mkx, s1,
                                                       s1x)

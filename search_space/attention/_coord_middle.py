@@ -8,16 +8,21 @@ to one of two implementations with one interface:
   ``torch.enable_grad()`` on the detached descriptors and keeps that small autograd graph; the
   backward is ``torch.autograd.grad`` through it.
 * :class:`PaperMiddle`: the paper's configuration (BatchNorm, h_swish, sigmoid, biased 1x1
-  convs), forward and backward written out as the few ATen calls they need (3 + 4 GEMMs in
-  the wide-output orientation, ``native_batch_norm`` and its backward, ``sigmoid_backward``),
-  without building a graph: 12 calls forward and ~20 backward instead of ~35 autograd nodes
-  and their bookkeeping per CA module and step. Same values as the graph up to float32
+  convs), forward and backward written out without building a graph: forward = 3 GEMMs in the
+  wide-output orientation, ``native_batch_norm`` (which also updates the running statistics),
+  one h_swish pass that also splits rows from columns (``coord_cpu.cpp``), 2 in-place
+  sigmoids; backward = 6 GEMMs, 3 bias sums, one h_swish-backward pass,
+  ``native_batch_norm_backward``; the sigmoid's backward is applied by the big-tensor kernel
+  while the gate gradients are in cache. ~10 ATen calls each way instead of ~35 autograd
+  nodes and their bookkeeping per CA module and step. Same values as the graph up to float32
   round-off (its BatchNorm and GEMMs see the tensors in another layout and sum in another
   order; tested against GraphMiddle and float64: no further from float64 than the graph).
 
 Interface: ``params`` (the tensors the Function passes through so their gradients reach
-``.grad``), ``forward(pooled) -> (a_h, a_w, saved)`` and
-``backward(saved, ga_h, ga_w, need_pooled, needs) -> (g_pooled or None, [grad or None per param])``.
+``.grad``), ``logit_grads`` (True: ``backward`` takes the gradients of the gates' logits, i.e.
+the kernel has already applied the sigmoid's backward ``ga * (1 - a) * a`` while the gate
+gradients were in cache), ``forward(pooled) -> (a_h, a_w, saved)`` and
+``backward(saved, g_h, g_w, need_pooled, needs) -> (g_pooled or None, [grad or None per param])``.
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ _aten = torch.ops.aten
 
 class GraphMiddle:
     """The middle part as ordinary autograd: ``fn(pooled) -> (a_h, a_w)`` reading ``params``."""
+
+    logit_grads = False
 
     def __init__(self, fn: Callable[[torch.Tensor], tuple], params: Sequence[torch.Tensor]):
         self.fn = fn
@@ -84,7 +91,12 @@ class PaperMiddle:
         h, w: the input's spatial size (the split of the H+W descriptors).
     """
 
-    def __init__(self, module: nn.Module, h: int, w: int):
+    logit_grads = True  # the gates are sigmoids; the kernels hand over dL/d(logits)
+
+    def __init__(self, module: nn.Module, h: int, w: int, ops=None):
+        from search_space.attention import _coord_cpu
+
+        self.ops = ops if ops is not None else _coord_cpu.load()  # the extension's h_swish ops
         self.m, self.h, self.w = module, h, w
         self.params = [module.conv1.weight, module.conv1.bias, module.bn1.weight, module.bn1.bias,
                        module.conv_h.weight, module.conv_h.bias, module.conv_w.weight, module.conv_w.bias]
@@ -110,23 +122,21 @@ class PaperMiddle:
             y1.view(1, mip, n * length), bn.weight.detach(), bn.bias.detach(), run_m, run_v, True, self._momentum(),
             bn.eps)
         yn = yn.view(mip, n, length)
-        act = yn * torch.nn.functional.relu6(yn + 3.0) / 6.0  # h_swish as layers.HSwish computes it
-        act_h = act[:, :, :h].reshape(mip, n * h)
-        act_w = act[:, :, h:].reshape(mip, n * w)
+        act_h, act_w = self.ops.hswish_split(yn, h)  # h_swish as layers.HSwish, rows / columns apart
         a_h = torch.addmm(m.conv_h.bias.detach(), act_h.t(), m.conv_h.weight.detach().reshape(c, mip).t()).sigmoid_()
         a_w = torch.addmm(m.conv_w.bias.detach(), act_w.t(), m.conv_w.weight.detach().reshape(c, mip).t()).sigmoid_()
-        saved = (p2, y1, yn, act_h, act_w, save_mean, save_invstd, a_h, a_w)
+        saved = (p2, y1, yn, act_h, act_w, save_mean, save_invstd)
         return a_h.view(n, h, c), a_w.view(n, w, c), saved
 
-    def backward(self, saved, ga_h, ga_w, need_pooled: bool, needs: Sequence[bool]):
+    def backward(self, saved, gz_h, gz_w, need_pooled: bool, needs: Sequence[bool]):
+        """``gz_h`` (N, H, C), ``gz_w`` (N, W, C): gradients of the gates' logits (``logit_grads``)."""
         m, h, w = self.m, self.h, self.w
-        p2, y1, yn, act_h, act_w, save_mean, save_invstd, a_h, a_w = saved
+        p2, y1, yn, act_h, act_w, save_mean, save_invstd = saved
         rows, c = p2.shape
         mip, n = yn.shape[0], yn.shape[1]
         wh = m.conv_h.weight.detach().reshape(c, mip)
         ww = m.conv_w.weight.detach().reshape(c, mip)
-        gz_h = _aten.sigmoid_backward(ga_h.reshape(n * h, c), a_h)  # (N*H, C)
-        gz_w = _aten.sigmoid_backward(ga_w.reshape(n * w, c), a_w)
+        gz_h, gz_w = gz_h.reshape(n * h, c), gz_w.reshape(n * w, c)
         grads: list = [None] * 8
         if needs[4]:
             grads[4] = torch.mm(act_h, gz_h).t().reshape(m.conv_h.weight.shape)  # (mip, C) product, wide
@@ -137,12 +147,8 @@ class PaperMiddle:
         if needs[7]:
             grads[7] = gz_w.sum(0)
         if need_pooled or any(needs[:4]):
-            g_act = torch.empty(mip, n, h + w, dtype=yn.dtype)
-            g_act[:, :, :h] = torch.mm(wh.t(), gz_h.t()).view(mip, n, h)
-            g_act[:, :, h:] = torch.mm(ww.t(), gz_w.t()).view(mip, n, w)
-            # h_swish'(y) = relu6(y + 3) / 6 + y / 6 on -3 < y < 3 (hardtanh's open interval)
-            r = yn + 3.0
-            g_yn = g_act * (torch.nn.functional.relu6(r) + yn * ((r > 0) & (r < 6))) / 6.0
+            # h_swish'(y) = (relu6(y + 3) + y [-3 < y < 3]) / 6 (hardtanh's open interval)
+            g_yn = self.ops.hswish_backward(torch.mm(wh.t(), gz_h.t()), torch.mm(ww.t(), gz_w.t()), yn)
             bn = m.bn1
             g_y1, g_gamma, g_beta = _aten.native_batch_norm_backward(
                 g_yn.view(1, mip, rows), y1.view(1, mip, rows), bn.weight.detach(), None, None, save_mean,

@@ -605,6 +605,42 @@ CA_CLONES void pooled_grad_sums(const float* __restrict__ gp, const float* __res
   }
 }
 
+// ga *= (1 - a) * a over `rows` rows of cn channels, C apart: the sigmoid's backward applied to the
+// gate gradients in place while they are in cache (the caller's gates are sigmoids).
+CA_CLONES void sigmoid_grad_rows(float* __restrict__ ga, const float* __restrict__ a, i64 rows, i64 C, i64 cn) {
+  for (i64 r = 0; r < rows; ++r)
+    for (i64 c = 0; c < cn; ++c) ga[r * C + c] = ga[r * C + c] * ((1.f - a[r * C + c]) * a[r * C + c]);
+}
+
+// ---------------------------------------------------------------- h_swish of CA's middle part
+// y (M, N, L) with L = H + W (the BatchNorm output of conv1, channel-major) ->
+// act_h (M, N*H), act_w (M, N*W) = h_swish(y) split into the row and column parts, one pass.
+// h_swish(y) = y * relu6(y + 3) / 6 in layers.HSwish's order (bit-identical to it).
+CA_CLONES void hswish_split_rows(const float* __restrict__ y, float* __restrict__ oh, float* __restrict__ ow,
+                                 i64 rows, i64 H, i64 W) {
+  for (i64 r = 0; r < rows; ++r) {
+    const float* yr = y + r * (H + W);
+    for (i64 i = 0; i < H; ++i) oh[r * H + i] = yr[i] * relu6_f(yr[i] + 3.f) / 6.f;
+    for (i64 i = 0; i < W; ++i) ow[r * W + i] = yr[H + i] * relu6_f(yr[H + i] + 3.f) / 6.f;
+  }
+}
+
+// g_y = g * h_swish'(y) with h_swish'(y) = (relu6(y + 3) + y * [-3 < y < 3]) / 6; g given as the
+// row part (M, N*H) and the column part (M, N*W), g_y (M, N, L) like y.
+CA_CLONES void hswish_bwd_rows(const float* __restrict__ gh, const float* __restrict__ gw,
+                               const float* __restrict__ y, float* __restrict__ o, i64 rows, i64 H, i64 W) {
+  for (i64 r = 0; r < rows; ++r) {
+    const float* yr = y + r * (H + W);
+    float* orow = o + r * (H + W);
+    for (i64 i = 0; i < H + W; ++i) {
+      const float g = i < H ? gh[r * H + i] : gw[r * W + i - H];
+      const float t = yr[i] + 3.f;
+      const float in = (t > 0.f && t < 6.f) ? yr[i] : 0.f;
+      orow[i] = g * (relu6_f(t) + in) / 6.f;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- NCHW
 // One task = one (n, c) plane of H x W; ph/ah/... point at that plane's H (or W) entries.
 CA_INLINE float row_sum(const float* __restrict__ x, i64 n) {
@@ -786,7 +822,7 @@ at::Tensor gate_hw(const at::Tensor& x, const at::Tensor& a_h_, const at::Tensor
 
 // Gradients of the gates: ga_h = sum_w grad * x * a_w, ga_w = sum_h grad * x * a_h.
 std::tuple<at::Tensor, at::Tensor> gate_hw_backward(const at::Tensor& grad, const at::Tensor& x,
-                                                    const at::Tensor& a_h_, const at::Tensor& a_w_) {
+                                                    const at::Tensor& a_h_, const at::Tensor& a_w_, bool sigmoid) {
   const Geo g = check_input(x, "gate_hw_backward(x)");
   TORCH_CHECK(grad.sizes() == x.sizes(), "gate_hw_backward: grad shape ", grad.sizes(), " != x shape ", x.sizes());
   const Geo gg = check_input(grad, "gate_hw_backward(grad)");
@@ -801,12 +837,20 @@ std::tuple<at::Tensor, at::Tensor> gate_hw_backward(const at::Tensor& grad, cons
     for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
       const i64 big = n * g.H * g.W * g.C + c0, sh = n * g.H * g.C + c0, sw = n * g.W * g.C + c0;
       gate_bwd_nhwc(gp + big, xp + big, hp + sh, wp + sw, ghp + sh, gwp + sw, g.H, g.W, g.C, cn);
+      if (sigmoid) {
+        sigmoid_grad_rows(ghp + sh, hp + sh, g.H, g.C, cn);
+        sigmoid_grad_rows(gwp + sw, wp + sw, g.W, g.C, cn);
+      }
     });
     return {ga_h, ga_w};
   }
   for_nchw_planes(g, [&](i64 p) {
     const i64 big = p * g.H * g.W;
     gate_bwd_nchw(gp + big, xp + big, hp + p * g.H, wp + p * g.W, ghp + p * g.H, gwp + p * g.W, g.H, g.W);
+    if (sigmoid) {
+      sigmoid_grad_rows(ghp + p * g.H, hp + p * g.H, 1, g.H, g.H);
+      sigmoid_grad_rows(gwp + p * g.W, wp + p * g.W, 1, g.W, g.W);
+    }
   });
   return {ga_h.transpose(1, 2), ga_w.transpose(1, 2)};
 }
@@ -907,7 +951,7 @@ at::Tensor gate_hw_bn(const at::Tensor& x, const at::Tensor& mean, const at::Ten
 // -> (ga_h (N,H,C), ga_w (N,W,C), mask_sums (N,H+W,C), mask_d_sums (N,H+W,C), s1 (N,C), s1x (N,C)).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_gate_hw_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& a, const at::Tensor& b,
-    const at::Tensor& a_h_, const at::Tensor& a_w_) {
+    const at::Tensor& a_h_, const at::Tensor& a_w_, bool sigmoid) {
   const Geo g = check_cl(x, "bn_gate_hw_backward(x)");
   check_cl(grad, "bn_gate_hw_backward(grad)");
   TORCH_CHECK(grad.sizes() == x.sizes(), "bn_gate_hw_backward: grad shape ", grad.sizes(), " != x shape ", x.sizes());
@@ -928,12 +972,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
              mk.data_ptr<float>() + sl + g.H * g.C, mkx.data_ptr<float>() + sl + g.H * g.C,
              s1.data_ptr<float>() + n * g.C + c0, s1x.data_ptr<float>() + n * g.C + c0};
 #if CA_HAVE_AVX512
-    if (use_avx512()) {
+    if (use_avx512())
       bn_gate_bwd_avx512(gp + big, xp + big, f.at(c0), hp + sh, wp + sw, o, g.H, g.W, g.C, cn);
-      return;
-    }
+    else
 #endif
-    bn_gate_bwd_nhwc(gp + big, xp + big, f.at(c0), hp + sh, wp + sw, o, g.H, g.W, g.C, cn);
+      bn_gate_bwd_nhwc(gp + big, xp + big, f.at(c0), hp + sh, wp + sw, o, g.H, g.W, g.C, cn);
+    if (sigmoid) {  // while this task's gate gradients are in cache
+      sigmoid_grad_rows(o.gah, hp + sh, g.H, g.C, cn);
+      sigmoid_grad_rows(o.gaw, wp + sw, g.W, g.C, cn);
+    }
   });
   return {ga_h, ga_w, mk, mkx, s1, s1x};
 }
@@ -1012,24 +1059,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_input_grad_hw(
 
 }  // namespace
 
+// ---------------------------------------------------------------- ops: CA's middle part
+std::tuple<at::Tensor, at::Tensor> hswish_split(const at::Tensor& y_, int64_t H) {
+  TORCH_CHECK(y_.dim() == 3 && y_.scalar_type() == at::kFloat && y_.device().is_cpu(),
+              "hswish_split: expected a float32 CPU tensor (M, N, L)");
+  const at::Tensor y = y_.contiguous();
+  const i64 M = y.size(0), N = y.size(1), L = y.size(2), W = L - H;
+  TORCH_CHECK(H >= 0 && W >= 0, "hswish_split: H=", H, " outside [0, L=", L, "]");
+  at::Tensor oh = at::empty({M, N * H}, y.options()), ow = at::empty({M, N * W}, y.options());
+  hswish_split_rows(y.data_ptr<float>(), oh.data_ptr<float>(), ow.data_ptr<float>(), M * N, H, W);
+  return {oh, ow};
+}
+
+at::Tensor hswish_backward(const at::Tensor& g_h_, const at::Tensor& g_w_, const at::Tensor& y_) {
+  TORCH_CHECK(y_.dim() == 3 && y_.scalar_type() == at::kFloat && y_.device().is_cpu(),
+              "hswish_backward: expected a float32 CPU tensor y (M, N, L)");
+  const at::Tensor y = y_.contiguous(), g_h = g_h_.contiguous(), g_w = g_w_.contiguous();
+  const i64 M = y.size(0), N = y.size(1), L = y.size(2);
+  TORCH_CHECK(g_h.dim() == 2 && g_w.dim() == 2 && g_h.size(0) == M && g_w.size(0) == M && g_h.size(1) % N == 0 &&
+                  g_w.size(1) % N == 0 && g_h.size(1) / N + g_w.size(1) / N == L,
+              "hswish_backward: g_h (M, N*H) and g_w (M, N*W) must match y (M, N, H+W)");
+  const i64 H = g_h.size(1) / N, W = L - H;
+  at::Tensor out = at::empty_like(y);
+  hswish_bwd_rows(g_h.data_ptr<float>(), g_w.data_ptr<float>(), y.data_ptr<float>(), out.data_ptr<float>(), M * N,
+                  H, W);
+  return out;
+}
+
 std::string simd_path() { return use_avx512() ? "avx512" : "generic"; }
 
 TORCH_LIBRARY(coordsweep_ca, m) {
   m.def("simd_path() -> str", simd_path);  // "avx512" or "generic" (COORDSWEEP_SIMD=generic forces the latter)
+  m.def("hswish_split(Tensor y, int h) -> (Tensor, Tensor)");
+  m.def("hswish_backward(Tensor g_h, Tensor g_w, Tensor y) -> Tensor");
   m.def("pool_hw(Tensor x) -> Tensor");
   m.def("gate_hw(Tensor x, Tensor a_h, Tensor a_w) -> Tensor");
-  m.def("gate_hw_backward(Tensor grad, Tensor x, Tensor a_h, Tensor a_w) -> (Tensor, Tensor)");
+  // sigmoid=True: return the gradients of the gates' pre-activations, ga * (1 - a) * a
+  m.def("gate_hw_backward(Tensor grad, Tensor x, Tensor a_h, Tensor a_w, bool sigmoid=False) -> (Tensor, Tensor)");
   m.def("input_grad_hw(Tensor grad, Tensor a_h, Tensor a_w, Tensor g_pooled) -> Tensor");
   m.def("pool_hw_bn(Tensor x, Tensor mean, Tensor a, Tensor b) -> Tensor");
   m.def("gate_hw_bn(Tensor x, Tensor mean, Tensor a, Tensor b, Tensor a_h, Tensor a_w) -> Tensor");
-  m.def("bn_gate_hw_backward(Tensor grad, Tensor x, Tensor mean, Tensor a, Tensor b, Tensor a_h, Tensor a_w)"
-        " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("bn_gate_hw_backward(Tensor grad, Tensor x, Tensor mean, Tensor a, Tensor b, Tensor a_h, Tensor a_w,"
+        " bool sigmoid=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("bn_input_grad_hw(Tensor grad, Tensor x, Tensor mean, Tensor invstd, Tensor a, Tensor b, Tensor a_h,"
         " Tensor a_w, Tensor g_pooled, Tensor mk, Tensor mkx, Tensor s1, Tensor s1x) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(coordsweep_ca, CPU, m) {
   m.impl("pool_hw", &pool_hw);
+  m.impl("hswish_split", &hswish_split);
+  m.impl("hswish_backward", &hswish_backward);
   m.impl("gate_hw", &gate_hw);
   m.impl("gate_hw_backward", &gate_hw_backward);
   m.impl("input_grad_hw", &input_grad_hw);

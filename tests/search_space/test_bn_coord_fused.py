@@ -191,3 +191,23 @@ def test_mobilenetv2_with_ca_trains_the_same_fused_or_not(monkeypatch):
         assert err_fused < max(1.5 * err_sep, 1e-4), (position, err_fused, err_sep)
         for (name, s), t in zip(a.named_buffers(), b.buffers()):
             assert torch.equal(s, t), (position, name)
+
+
+@pytest.mark.parametrize("memory_format", [CL, torch.contiguous_format])
+def test_sigmoid_flag_returns_the_logit_gradients(memory_format):
+    # sigmoid=True hands the middle part dL/d(logits) = ga * (1 - a) * a, applied in the kernel
+    ops = _coord_cpu.load()
+    torch.manual_seed(0)
+    n, c, h, w = 3, 37, 5, 7
+    x, g = (t.contiguous(memory_format=memory_format) for t in _inputs((n, c, h, w)))
+    a_h, a_w = torch.rand(n, h, c), torch.rand(n, w, c)
+    plain = ops.gate_hw_backward(g, x, a_h, a_w)
+    for got, ga, a in zip(ops.gate_hw_backward(g, x, a_h, a_w, True), plain, (a_h, a_w)):
+        assert torch.equal(got, ga * ((1 - a) * a))
+    if memory_format is CL:
+        mean, a, b = torch.randn(c), torch.rand(c) + 0.5, torch.randn(c)
+        plain = ops.bn_gate_hw_backward(g, x, mean, a, b, a_h, a_w)
+        logit = ops.bn_gate_hw_backward(g, x, mean, a, b, a_h, a_w, True)
+        for got, ga, s in zip(logit[:2], plain[:2], (a_h, a_w)):
+            assert torch.equal(got, ga * ((1 - s) * s))
+        assert all(torch.equal(u, v) for u, v in zip(logit[2:], plain[2:]))

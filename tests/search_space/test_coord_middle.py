@@ -15,6 +15,12 @@ from search_space.attention._coord_middle import GraphMiddle, PaperMiddle, paper
 from search_space.attention.coord import CoordAttn
 
 
+@pytest.fixture(scope="module", autouse=True)
+def kernels():
+    if _coord_cpu.load() is None:  # PaperMiddle's h_swish passes live in the extension
+        pytest.skip(f"the CA CPU kernel did not build here: {_coord_cpu.failure()}")
+
+
 def _module(c: int, seed: int = 0, **kw) -> CoordAttn:
     torch.manual_seed(seed)
     m = CoordAttn(c, **kw).train()
@@ -31,6 +37,8 @@ def _graph(m: CoordAttn, h: int, w: int) -> GraphMiddle:
 
 def _step(middle, pooled, ga_h, ga_w):
     a_h, a_w, saved = middle.forward(pooled)
+    if middle.logit_grads:  # what the kernels hand over: the sigmoid's backward already applied
+        ga_h, ga_w = ga_h * ((1 - a_h) * a_h), ga_w * ((1 - a_w) * a_w)
     g_pooled, grads = middle.backward(saved, ga_h, ga_w, True, [True] * len(middle.params))
     return a_h, a_w, g_pooled, grads
 
