@@ -418,6 +418,8 @@ template <bool Full> CA_AVX512 void stv(float* p, __mmask16 km, __m512 v) {
     _mm512_mask_storeu_ps(p, km, v);
 }
 
+constexpr i64 kAheadRows = 2;  // prefetch distance of the channel-blocked AVX-512 passes
+
 // R rows h0.. of one 16-channel block (lanes km) of bn_gate_bwd_nhwc; column sums in the strips.
 template <int R, bool Full>
 CA_AVX512 void bn_gbwd_blk512(const float* g, const float* x, const float* ah, const float* aw, float* gah,
@@ -436,10 +438,11 @@ CA_AVX512 void bn_gbwd_blk512(const float* g, const float* x, const float* ah, c
     __m512 cx = ldv<Full>(mwx + o, km);
     for (int i = 0; i < R; ++i) {
       const i64 off = ((h0 + i) * W + w) * C;
-      // The next channel block of this pixel (the next pass over the image) into L2: pixels are
-      // C floats apart, often about a page, which the hardware prefetchers do not follow.
-      _mm_prefetch(reinterpret_cast<const char*>(g + off + 48), _MM_HINT_T1);
-      _mm_prefetch(reinterpret_cast<const char*>(x + off + 48), _MM_HINT_T1);
+      // The same place kAheadRows rows down (the next row block) into L2: within a block the
+      // channel blocks visit pixels C floats apart, which the hardware prefetchers do not follow
+      // (without it this pass is ~1.5x slower).
+      _mm_prefetch(reinterpret_cast<const char*>(g + off + kAheadRows * W * C), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(x + off + kAheadRows * W * C), _MM_HINT_T1);
       const __m512 gv = ldv<Full>(g + off, km);
       const Z512 zz = bn_z(ldv<Full>(x + off, km), m, a, b);
       const __m512 t = _mm512_mul_ps(gv, zz.y);
@@ -478,7 +481,7 @@ CA_AVX512 void pool_bn_blk512(const float* x, __m512 m, __m512 a, __m512 b, floa
     __m512 s = ldv<Full>(q, km);
     for (int i = 0; i < R; ++i) {
       const i64 off = ((h0 + i) * W + w) * C;
-      _mm_prefetch(reinterpret_cast<const char*>(x + off + 48), _MM_HINT_T1);  // see bn_gbwd_blk512
+      _mm_prefetch(reinterpret_cast<const char*>(x + off + kRows * W * C), _MM_HINT_T1);  // one row block ahead, as bn_gbwd_blk512
       const __m512 v = bn_z(ldv<Full>(x + off, km), m, a, b).y;
       r[i] = _mm512_add_ps(r[i], v);
       s = _mm512_add_ps(s, v);
@@ -488,55 +491,65 @@ CA_AVX512 void pool_bn_blk512(const float* x, __m512 m, __m512 a, __m512 b, floa
   for (int i = 0; i < R; ++i) stv<Full>(ph + (h0 + i) * C, km, _mm512_div_ps(r[i], fw));
 }
 
-template <bool Full>
-CA_AVX512 void pool_bn_chunk512(const float* x, BnAff f, float* ph, float* pw, i64 H, i64 W, i64 C, i64 c,
-                                __mmask16 km) {
-  const __m512 m = ldv<Full>(f.m + c, km), a = ldv<Full>(f.a + c, km), b = ldv<Full>(f.b + c, km);
-  const __m512 fw = _mm512_set1_ps(static_cast<float>(W)), fh = _mm512_set1_ps(static_cast<float>(H));
-  for (i64 w = 0; w < W; ++w) stv<Full>(pw + w * C + c, km, _mm512_setzero_ps());
-  i64 h = 0;
-  for (; h + kRows <= H; h += kRows) pool_bn_blk512<kRows, Full>(x + c, m, a, b, ph + c, pw + c, h, W, C, km, fw);
-  for (; h < H; ++h) pool_bn_blk512<1, Full>(x + c, m, a, b, ph + c, pw + c, h, W, C, km, fw);
-  for (i64 w = 0; w < W; ++w) stv<Full>(pw + w * C + c, km, _mm512_div_ps(ldv<Full>(pw + w * C + c, km), fh));
+template <int R, bool Full>
+CA_AVX512 void pool_bn_rows512(const float* x, BnAff f, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 c,
+                               __mmask16 km) {
+  pool_bn_blk512<R, Full>(x + c, ldv<Full>(f.m + c, km), ldv<Full>(f.a + c, km), ldv<Full>(f.b + c, km), ph + c,
+                          pw + c, h0, W, C, km, _mm512_set1_ps(static_cast<float>(W)));
 }
 
+template <int R>
+CA_AVX512 void pool_bn_block512(const float* x, BnAff f, float* ph, float* pw, i64 h0, i64 W, i64 C, i64 cn) {
+  const i64 full = cn / 16 * 16;
+  for (i64 c = 0; c < full; c += 16) pool_bn_rows512<R, true>(x, f, ph, pw, h0, W, C, c, 0xFFFF);
+  if (full < cn) pool_bn_rows512<R, false>(x, f, ph, pw, h0, W, C, full, tail_mask(cn - full));
+}
+
+// Row blocks outer, channel blocks inner, as bn_gate_bwd_avx512; per element the same sums in the
+// same order as pool_nhwc_t (bit-identical).
 CA_AVX512_FN void pool_bn_avx512(const float* __restrict__ x, BnAff f, float* __restrict__ ph,
                                  float* __restrict__ pw, i64 H, i64 W, i64 C, i64 cn) {
-  const i64 full = cn / 16 * 16;
-  for (i64 c = 0; c < full; c += 16) pool_bn_chunk512<true>(x, f, ph, pw, H, W, C, c, 0xFFFF);
-  if (full < cn) pool_bn_chunk512<false>(x, f, ph, pw, H, W, C, full, tail_mask(cn - full));
+  for (i64 w = 0; w < W; ++w) std::memset(pw + w * C, 0, cn * sizeof(float));
+  i64 h = 0;
+  for (; h + kRows <= H; h += kRows) pool_bn_block512<kRows>(x, f, ph, pw, h, W, C, cn);
+  for (; h < H; ++h) pool_bn_block512<1>(x, f, ph, pw, h, W, C, cn);
+  for (i64 w = 0; w < W; ++w) div_by(pw + w * C, cn, static_cast<float>(H));
 }
 
 constexpr int kRows512 = 2;
 
-template <bool Full>
-CA_AVX512 void bn_gate_bwd_chunk512(const float* g, const float* x, BnAff f, const float* ah, const float* aw,
-                                    BwdOut o, i64 H, i64 W, i64 C, i64 c, __mmask16 km) {
+// Rows h0..h0+R-1 of channel block c (lanes km): s1 / s1x carried in their output strip.
+template <int R, bool Full>
+CA_AVX512 void bn_gate_bwd_rows512(const float* g, const float* x, BnAff f, const float* ah, const float* aw,
+                                   BwdOut o, i64 h0, i64 W, i64 C, i64 c, __mmask16 km) {
   const __m512 m = ldv<Full>(f.m + c, km), a = ldv<Full>(f.a + c, km), b = ldv<Full>(f.b + c, km);
-  const __m512 zero = _mm512_setzero_ps();
-  for (i64 w = 0; w < W; ++w) {
-    stv<Full>(o.gaw + w * C + c, km, zero);
-    stv<Full>(o.mw + w * C + c, km, zero);
-    stv<Full>(o.mwx + w * C + c, km, zero);
-  }
-  __m512 s1 = zero, s1x = zero;
-  const float *gc = g + c, *xc = x + c, *ahc = ah + c, *awc = aw + c;
-  float *gah = o.gah + c, *mh = o.mh + c, *mhx = o.mhx + c, *gaw = o.gaw + c, *mw = o.mw + c, *mwx = o.mwx + c;
-  i64 h = 0;
-  for (; h + kRows512 <= H; h += kRows512)
-    bn_gbwd_blk512<kRows512, Full>(gc, xc, ahc, awc, gah, mh, mhx, gaw, mw, mwx, s1, s1x, m, a, b, km, h, W, C);
-  for (; h < H; ++h)
-    bn_gbwd_blk512<1, Full>(gc, xc, ahc, awc, gah, mh, mhx, gaw, mw, mwx, s1, s1x, m, a, b, km, h, W, C);
+  __m512 s1 = ldv<Full>(o.s1 + c, km), s1x = ldv<Full>(o.s1x + c, km);
+  bn_gbwd_blk512<R, Full>(g + c, x + c, ah + c, aw + c, o.gah + c, o.mh + c, o.mhx + c, o.gaw + c, o.mw + c,
+                          o.mwx + c, s1, s1x, m, a, b, km, h0, W, C);
   stv<Full>(o.s1 + c, km, s1);
   stv<Full>(o.s1x + c, km, s1x);
 }
 
+template <int R>
+CA_AVX512 void bn_gate_bwd_block512(const float* g, const float* x, BnAff f, const float* ah, const float* aw,
+                                    BwdOut o, i64 h0, i64 W, i64 C, i64 cn) {
+  const i64 full = cn / 16 * 16;
+  for (i64 c = 0; c < full; c += 16) bn_gate_bwd_rows512<R, true>(g, x, f, ah, aw, o, h0, W, C, c, 0xFFFF);
+  if (full < cn) bn_gate_bwd_rows512<R, false>(g, x, f, ah, aw, o, h0, W, C, full, tail_mask(cn - full));
+}
+
+// Row blocks outer, channel blocks inner: memory is walked block of rows by block of rows (the
+// current block stays in L1/L2 while its channel blocks are visited), the next block prefetched.
 CA_AVX512_FN void bn_gate_bwd_avx512(const float* __restrict__ g, const float* __restrict__ x, BnAff f,
                                      const float* __restrict__ ah, const float* __restrict__ aw, BwdOut o, i64 H,
                                      i64 W, i64 C, i64 cn) {
-  const i64 full = cn / 16 * 16;
-  for (i64 c = 0; c < full; c += 16) bn_gate_bwd_chunk512<true>(g, x, f, ah, aw, o, H, W, C, c, 0xFFFF);
-  if (full < cn) bn_gate_bwd_chunk512<false>(g, x, f, ah, aw, o, H, W, C, full, tail_mask(cn - full));
+  for (float* p : {o.gaw, o.mw, o.mwx})
+    for (i64 w = 0; w < W; ++w) std::memset(p + w * C, 0, cn * sizeof(float));
+  std::memset(o.s1, 0, cn * sizeof(float));
+  std::memset(o.s1x, 0, cn * sizeof(float));
+  i64 h = 0;
+  for (; h + kRows512 <= H; h += kRows512) bn_gate_bwd_block512<kRows512>(g, x, f, ah, aw, o, h, W, C, cn);
+  for (; h < H; ++h) bn_gate_bwd_block512<1>(g, x, f, ah, aw, o, h, W, C, cn);
 }
 
 template <bool Full>
