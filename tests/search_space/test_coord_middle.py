@@ -74,6 +74,21 @@ def test_paper_middle_equals_the_autograd_graph(n, h, w, c, momentum):
     assert int(mine.bn1.num_batches_tracked) == 2
 
 
+def test_norm_without_running_statistics():
+    # track_running_stats=False: batch statistics, nothing stored, same values as the graph
+    base = CoordAttn(40, norm="bn")
+    base.bn1 = torch.nn.BatchNorm2d(base.bn1.num_features, track_running_stats=False)
+    ref, mine = copy.deepcopy(base), copy.deepcopy(base)
+    torch.manual_seed(2)
+    pooled = torch.rand(3, 9, 40)
+    ga_h, ga_w = torch.randn(3, 4, 40), torch.randn(3, 5, 40)
+    r = _step(_graph(ref, 4, 5), pooled, ga_h, ga_w)
+    p = _step(PaperMiddle(mine, 4, 5), pooled, ga_h, ga_w)
+    torch.testing.assert_close(p[0], r[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(p[2], r[2], rtol=1e-4, atol=1e-6)
+    assert mine.bn1.running_mean is None and mine.bn1.num_batches_tracked is None
+
+
 def test_gradients_only_where_wanted():
     m = _module(48)
     mid = PaperMiddle(m, 5, 6)
