@@ -578,14 +578,9 @@ CA_AVX512_FN void bn_igrad_avx512(const float* __restrict__ g, const float* __re
       const i64 off = (h * W + w) * C;
       const float *gp = g + off, *xp = x + off, *hp = ah + h * C, *wp = aw + w * C, *ph = qh + h * C, *pw = qw + w * C;
       float* op = o + off;
-      for (i64 c = 0; c < full; c += 16) {
-        // 8 KB ahead in all three streams (the hardware prefetchers alone fall behind here)
-        _mm_prefetch(reinterpret_cast<const char*>(gp + c + 2048), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(xp + c + 2048), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(op + c + 2048), _MM_HINT_T0);
+      for (i64 c = 0; c < full; c += 16)
         bn_igrad_blk512<true>(gp + c, xp + c, {f.m + c, f.a + c, f.b + c}, hp + c, wp + c, ph + c, pw + c, mg + c,
                               mgx + c, op + c, kt);
-      }
       if (full < cn)
         bn_igrad_blk512<false>(gp + full, xp + full, {f.m + full, f.a + full, f.b + full}, hp + full, wp + full,
                                ph + full, pw + full, mg + full, mgx + full, op + full, kt);

@@ -115,3 +115,23 @@ def test_switch_and_eval_mode_keep_the_autograd_graph(monkeypatch):
     monkeypatch.delenv(_coord_cpu.PAPER_MIDDLE_SWITCH)
     m.bn1.eval()
     assert isinstance(m._middle(4, 4), GraphMiddle)
+
+
+def test_hswish_ops_match_the_module():
+    # forward bit-identical to layers.HSwish (same float ops in the same order), NaN included;
+    # backward as autograd's up to round-off, with hardtanh's open interval at -3 and 3
+    from search_space.layers import HSwish
+
+    ops = _coord_cpu.load()
+    torch.manual_seed(3)
+    y = torch.randn(5, 4, 9) * 4
+    y[0, 0, :3] = torch.tensor([-3.0, 3.0, float("nan")])
+    act_h, act_w = ops.hswish_split(y, 4)
+    ref = HSwish()(y)
+    assert torch.equal(act_h.view(5, 4, 4).nan_to_num(7.0), ref[:, :, :4].nan_to_num(7.0))
+    assert torch.equal(act_w.view(5, 4, 5), ref[:, :, 4:])
+    yy = y.nan_to_num(0.5).requires_grad_(True)
+    g = torch.randn(5, 4, 9)
+    HSwish()(yy).backward(g)
+    got = ops.hswish_backward(g[:, :, :4].reshape(5, 16), g[:, :, 4:].reshape(5, 20), yy.detach())
+    torch.testing.assert_close(got, yy.grad, rtol=1e-6, atol=1e-6)
