@@ -29,6 +29,8 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "cpu_simd.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -119,15 +121,9 @@ BN_CLONES void bwd_input_rows(const float* __restrict__ g, const float* __restri
 // the chunk when a row has at most 12 vectors (x then streams through once); wider rows go in
 // strips of 8 consecutive rows, each column vector's sums loaded, advanced by the 8 rows in order
 // and stored back. Either way each column is summed row by row from 0, as in the portable loops.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define BN_HAVE_AVX512 1
-#include <immintrin.h>
+#if COORDSWEEP_HAVE_AVX512
 #define BN_AVX512 __attribute__((target("avx512f")))
-
-inline __mmask16 tail_mask(i64 C, i64 c0) {  // lanes of the vector at column c0 inside [0, C)
-  const i64 n = C - c0;
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
-}
+using coordsweep_simd::tail_mask;
 
 // Software prefetch kAhead floats ahead in a stream: the hardware prefetchers alone do not keep
 // two or three streams at memory speed when the loop does more than a few operations per vector.
@@ -150,7 +146,7 @@ BN_AVX512 inline void st(int j, float* p, __mmask16 tail, __m512 v) {
 template <int NV>
 BN_AVX512 void stats_block(const float* __restrict__ x, i64 rows, i64 C, i64 c0, const float* __restrict__ k,
                            float* __restrict__ s, float* __restrict__ q) {
-  const __mmask16 tail = tail_mask(C, c0 + 16 * (NV - 1));
+  const __mmask16 tail = tail_mask(C - (c0 + 16 * (NV - 1)));
   __m512 vs[NV], vq[NV];
 #pragma GCC unroll 16
   for (int j = 0; j < NV; ++j) {
@@ -179,7 +175,7 @@ template <int R>
 BN_AVX512 void stats_strip(const float* __restrict__ x, i64 C, const float* __restrict__ k, float* __restrict__ s,
                            float* __restrict__ q) {
   for (i64 c = 0; c < C; c += 16) {
-    const __mmask16 m = tail_mask(C, c);
+    const __mmask16 m = tail_mask(C - c);
     const __m512 kv = _mm512_maskz_loadu_ps(m, k + c);
     __m512 vs = _mm512_maskz_loadu_ps(m, s + c), vq = _mm512_maskz_loadu_ps(m, q + c);
 #pragma GCC unroll 8
@@ -206,7 +202,7 @@ template <int NV>
 BN_AVX512 void bwd_sums_block(const float* __restrict__ g, const float* __restrict__ x, i64 rows, i64 C, i64 c0,
                               const float* __restrict__ a, const float* __restrict__ b,
                               const float* __restrict__ mean, float* __restrict__ sg, float* __restrict__ sgx) {
-  const __mmask16 tail = tail_mask(C, c0 + 16 * (NV - 1));
+  const __mmask16 tail = tail_mask(C - (c0 + 16 * (NV - 1)));
   __m512 vs[NV], vsx[NV];
 #pragma GCC unroll 16
   for (int j = 0; j < NV; ++j) {
@@ -240,7 +236,7 @@ BN_AVX512 void bwd_sums_strip(const float* __restrict__ g, const float* __restri
                               const float* __restrict__ a, const float* __restrict__ b,
                               const float* __restrict__ mean, float* __restrict__ sg, float* __restrict__ sgx) {
   for (i64 c = 0; c < C; c += 16) {
-    const __mmask16 lanes = tail_mask(C, c);
+    const __mmask16 lanes = tail_mask(C - c);
     const __m512 mv = _mm512_maskz_loadu_ps(lanes, mean + c), av = _mm512_maskz_loadu_ps(lanes, a + c),
                  bv = _mm512_maskz_loadu_ps(lanes, b + c);
     __m512 vs = _mm512_maskz_loadu_ps(lanes, sg + c), vsx = _mm512_maskz_loadu_ps(lanes, sgx + c);
@@ -324,7 +320,7 @@ BN_AVX512 void norm_clamp_rows_avx512(const float* __restrict__ x, float* __rest
                                       const float* __restrict__ a, const float* __restrict__ b,
                                       const float* __restrict__ mean) {
   const i64 full = C / 16 * 16;
-  const __mmask16 tail = tail_mask(C, full), all = 0xFFFF;
+  const __mmask16 tail = tail_mask(C - full), all = 0xFFFF;
   for (i64 r = 0; r < rows; ++r) {
     for (i64 c = 0; c < full; c += 16) norm_clamp_vec(x + r * C, y + r * C, c, all, a, b, mean);
     if (full < C) norm_clamp_vec(x + r * C, y + r * C, full, tail, a, b, mean);
@@ -352,7 +348,7 @@ BN_AVX512 void bwd_input_rows_avx512(const float* __restrict__ g, const float* _
                                      const float* __restrict__ mean, const float* __restrict__ mg,
                                      const float* __restrict__ mgx) {
   const i64 full = C / 16 * 16;
-  const __mmask16 tail = tail_mask(C, full), all = 0xFFFF;
+  const __mmask16 tail = tail_mask(C - full), all = 0xFFFF;
   for (i64 r = 0; r < rows; ++r) {
     const i64 o = r * C;
     for (i64 c = 0; c < full; c += 16) bwd_input_vec(g + o, x + o, dx + o, c, all, a, b, mean, mg, mgx);
@@ -361,32 +357,18 @@ BN_AVX512 void bwd_input_rows_avx512(const float* __restrict__ g, const float* _
 }
 #endif  // AVX-512
 
-// Which path runs: decided once per process (CPU feature + COORDSWEEP_SIMD).
-bool use_avx512() {
-  static const bool on = [] {
-#ifdef BN_HAVE_AVX512
-    const char* env = std::getenv("COORDSWEEP_SIMD");
-    if (env != nullptr && std::strcmp(env, "generic") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-#else
-    return false;
-#endif
-  }();
-  return on;
-}
-
-std::string simd_path() { return use_avx512() ? "avx512" : "generic"; }
+using coordsweep_simd::simd_path;  // which path runs: cpu_simd.h
+using coordsweep_simd::use_avx512;
 
 void stats_rows_any(const float* x, i64 rows, i64 C, const float* k, float* s, float* q) {
-#ifdef BN_HAVE_AVX512
+#if COORDSWEEP_HAVE_AVX512
   if (use_avx512()) return stats_rows_avx512(x, rows, C, k, s, q);
 #endif
   stats_rows(x, rows, C, k, s, q);
 }
 
 void norm_clamp_rows_any(const float* x, float* y, i64 rows, i64 C, const float* a, const float* b, const float* mean) {
-#ifdef BN_HAVE_AVX512
+#if COORDSWEEP_HAVE_AVX512
   if (use_avx512()) return norm_clamp_rows_avx512(x, y, rows, C, a, b, mean);
 #endif
   norm_clamp_rows(x, y, rows, C, a, b, mean);
@@ -394,7 +376,7 @@ void norm_clamp_rows_any(const float* x, float* y, i64 rows, i64 C, const float*
 
 void bwd_sums_rows_any(const float* g, const float* x, i64 rows, i64 C, const float* a, const float* b,
                        const float* mean, float* sg, float* sgx) {
-#ifdef BN_HAVE_AVX512
+#if COORDSWEEP_HAVE_AVX512
   if (use_avx512()) return bwd_sums_rows_avx512(g, x, rows, C, a, b, mean, sg, sgx);
 #endif
   bwd_sums_rows(g, x, rows, C, a, b, mean, sg, sgx);
@@ -402,7 +384,7 @@ void bwd_sums_rows_any(const float* g, const float* x, i64 rows, i64 C, const fl
 
 void bwd_input_rows_any(const float* g, const float* x, float* dx, i64 rows, i64 C, const float* a, const float* b,
                         const float* mean, const float* mg, const float* mgx) {
-#ifdef BN_HAVE_AVX512
+#if COORDSWEEP_HAVE_AVX512
   if (use_avx512()) return bwd_input_rows_avx512(g, x, dx, rows, C, a, b, mean, mg, mgx);
 #endif
   bwd_input_rows(g, x, dx, rows, C, a, b, mean, mg, mgx);

@@ -31,6 +31,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from search_space.attention import _coord_cpu
+from search_space.layers import HSwish
+
 __all__ = ["GraphMiddle", "PaperMiddle", "paper_middle_applies"]
 
 _aten = torch.ops.aten
@@ -73,8 +76,6 @@ class GraphMiddle:
 def paper_middle_applies(module: nn.Module) -> bool:
     """``module`` (a CoordAttn with ``directions: hw``) has the paper's middle part in a form
     :class:`PaperMiddle` computes: BatchNorm2d (affine), h_swish, sigmoid gate, biased convs."""
-    from search_space.layers import HSwish
-
     bn = module.bn1
     return (type(bn) is nn.BatchNorm2d and bn.affine and bn.training and type(module.act) is HSwish
             and type(module.gate) is nn.Sigmoid and module.conv1.bias is not None
@@ -94,8 +95,6 @@ class PaperMiddle:
     logit_grads = True  # the gates are sigmoids; the kernels hand over dL/d(logits)
 
     def __init__(self, module: nn.Module, h: int, w: int, ops=None):
-        from search_space.attention import _coord_cpu
-
         self.ops = ops if ops is not None else _coord_cpu.load()  # the extension's h_swish ops
         self.m, self.h, self.w = module, h, w
         self.params = [module.conv1.weight, module.conv1.bias, module.bn1.weight, module.bn1.bias,

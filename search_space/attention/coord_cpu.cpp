@@ -26,18 +26,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <cstdint>
 #include <string>
 #include <tuple>
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define CA_HAVE_AVX512 1
-#else
-#define CA_HAVE_AVX512 0
-#endif
+#include "../cpu_simd.h"
 
 namespace {
 
@@ -372,25 +366,18 @@ CA_CLONES void bn_igrad_nhwc(const float* __restrict__ g, const float* __restric
 // backward reductions ran at ~2 cycles per element, 3-6x slower than memory), so the hot fused
 // kernels also exist written with AVX-512 intrinsics: masks are k-registers (compare -> masked
 // add), channel tails are masked loads/stores, and the reductions keep R image rows of
-// accumulators in registers. Chosen at run time when the CPU has AVX-512F and COORDSWEEP_SIMD is
-// not "generic" (tests compare both). Same arithmetic up to float32 round-off (FMA is used).
-bool use_avx512() {
-#if CA_HAVE_AVX512
-  static const bool on = [] {
-    const char* e = std::getenv("COORDSWEEP_SIMD");
-    return __builtin_cpu_supports("avx512f") && !(e && std::strcmp(e, "generic") == 0);
-  }();
-  return on;
-#else
-  return false;
-#endif
-}
+// accumulators in registers. Chosen at run time (search_space/cpu_simd.h: AVX-512F present and
+// COORDSWEEP_SIMD not "generic"; tests compare both). The same float operations in the same order
+// as the portable loops, no FMA: bit-identical, except that the backward reductions add s1 / s1x
+// two image rows at a time (float32 round-off).
+using coordsweep_simd::simd_path;
+using coordsweep_simd::use_avx512;
 
-#if CA_HAVE_AVX512
+#if COORDSWEEP_HAVE_AVX512
 #define CA_AVX512 __attribute__((target("avx512f"), always_inline)) static inline
 #define CA_AVX512_FN __attribute__((target("avx512f"), noinline))
 
-CA_AVX512 __mmask16 tail_mask(i64 left) { return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u); }
+using coordsweep_simd::tail_mask;
 
 // z = (x - m) * a + b; y = clamp(z, 0, 6) with NaN propagating (max/min return their second
 // operand when one is NaN); k = 0 < z < 6 (false for NaN).
@@ -587,7 +574,7 @@ CA_AVX512_FN void bn_igrad_avx512(const float* __restrict__ g, const float* __re
     }
   }
 }
-#endif  // CA_HAVE_AVX512
+#endif  // COORDSWEEP_HAVE_AVX512
 
 // One sample of bn_input_grad_hw's small sums (see there): q = g_pooled rows / W, columns / H;
 // p[0:C] = s1 + sum_l q * mk, p[C:2C] = s1x + sum_l q * mkx.
@@ -928,7 +915,7 @@ at::Tensor pool_hw_bn(const at::Tensor& x, const at::Tensor& mean, const at::Ten
   float* op = out.data_ptr<float>();
   for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
     float* ph = op + n * L * g.C + c0;
-#if CA_HAVE_AVX512
+#if COORDSWEEP_HAVE_AVX512
     if (use_avx512()) {
       pool_bn_avx512(xp + n * g.H * g.W * g.C + c0, f.at(c0), ph, ph + g.H * g.C, g.H, g.W, g.C, cn);
       return;
@@ -979,7 +966,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
              mk.data_ptr<float>() + sl, mkx.data_ptr<float>() + sl,
              mk.data_ptr<float>() + sl + g.H * g.C, mkx.data_ptr<float>() + sl + g.H * g.C,
              s1.data_ptr<float>() + n * g.C + c0, s1x.data_ptr<float>() + n * g.C + c0};
-#if CA_HAVE_AVX512
+#if COORDSWEEP_HAVE_AVX512
     if (use_avx512())
       bn_gate_bwd_avx512(gp + big, xp + big, f.at(c0), hp + sh, wp + sw, o, g.H, g.W, g.C, cn);
     else
@@ -1052,7 +1039,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_input_grad_hw(
   for_nhwc_tasks(g, [&](i64 n, i64 c0, i64 cn) {
     const i64 big = n * g.H * g.W * C + c0, sh = n * g.H * C + c0, sw = n * g.W * C + c0;
     const float* qn = qp + n * L * C + c0;
-#if CA_HAVE_AVX512
+#if COORDSWEEP_HAVE_AVX512
     if (use_avx512()) {
       bn_igrad_avx512(gradp + big, xp + big, f.at(c0), hp + sh, wp + sw, qn, qn + g.H * C, mg.data_ptr<float>() + c0,
                       mgx.data_ptr<float>() + c0, op + big, g.H, g.W, C, cn);
@@ -1093,8 +1080,6 @@ at::Tensor hswish_backward(const at::Tensor& g_h_, const at::Tensor& g_w_, const
                   H, W);
   return out;
 }
-
-std::string simd_path() { return use_avx512() ? "avx512" : "generic"; }
 
 TORCH_LIBRARY(coordsweep_ca, m) {
   m.def("simd_path() -> str", simd_path);  // "avx512" or "generic" (COORDSWEEP_SIMD=generic forces the latter)
