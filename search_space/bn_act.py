@@ -117,14 +117,24 @@ def bn_relu6_attn(bn: nn.Module, act: nn.Module, attn: nn.Module, x: torch.Tenso
     return attn(bn_relu6(bn, act, x))
 
 
+def running_stats_factor(bn: nn.BatchNorm2d) -> Optional[float]:
+    """Advance ``bn``'s batch counter as ``nn.BatchNorm2d`` does in a training forward and return
+    this batch's weight in the running statistics (``momentum``, or 1 / batches seen when it is
+    None); None if ``bn`` keeps no running statistics."""
+    if not (bn.track_running_stats and bn.running_mean is not None):
+        return None
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+    return bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+
+
 def update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
     """``bn``'s running mean / variance and batch counter as ``nn.BatchNorm2d`` updates them in
     training, from the batch mean and biased variance ``var`` of ``n`` values per channel."""
-    if not (bn.track_running_stats and bn.running_mean is not None):
+    m = running_stats_factor(bn)
+    if m is None:
         return
     with torch.no_grad():
-        bn.num_batches_tracked.add_(1)
-        m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
         bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
         bn.running_var.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)
 

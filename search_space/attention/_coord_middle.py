@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from search_space import bn_act
 from search_space.attention import _coord_cpu
 from search_space.layers import HSwish
 
@@ -100,13 +101,6 @@ class PaperMiddle:
         self.params = [module.conv1.weight, module.conv1.bias, module.bn1.weight, module.bn1.bias,
                        module.conv_h.weight, module.conv_h.bias, module.conv_w.weight, module.conv_w.bias]
 
-    def _momentum(self) -> float:
-        bn = self.m.bn1
-        if not bn.track_running_stats:
-            return 0.0
-        bn.num_batches_tracked.add_(1)
-        return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-
     def forward(self, pooled: torch.Tensor):
         m, h, w = self.m, self.h, self.w
         n, length, c = pooled.shape
@@ -116,9 +110,10 @@ class PaperMiddle:
         # conv1, wide output: (mip, N*L) = W1 @ P^T + b1 (what _WideLinear computes, transposed)
         y1 = torch.addmm(m.conv1.bias.detach().unsqueeze(1), w1, p2.t())
         bn = m.bn1
-        run_m, run_v = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
+        factor = bn_act.running_stats_factor(bn)  # None: no running statistics kept
+        run_m, run_v = (bn.running_mean, bn.running_var) if factor is not None else (None, None)
         yn, save_mean, save_invstd = torch.native_batch_norm(
-            y1.view(1, mip, n * length), bn.weight.detach(), bn.bias.detach(), run_m, run_v, True, self._momentum(),
+            y1.view(1, mip, n * length), bn.weight.detach(), bn.bias.detach(), run_m, run_v, True, factor or 0.0,
             bn.eps)
         yn = yn.view(mip, n, length)
         act_h, act_w = self.ops.hswish_split(yn, h)  # h_swish as layers.HSwish, rows / columns apart

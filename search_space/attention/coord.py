@@ -137,8 +137,8 @@ class CoordAttn(nn.Module):
             a_w = self.gate(_pw(self.conv_w, self._mix(self._pool(x, 2).squeeze(2).transpose(1, 2))))  # (N, W, C)
             return _gate(x, None, a_w.transpose(1, 2).unsqueeze(2))
         if self.pool == "avg" and _coord_cpu.applies(x):
-            # Fused CPU training path: the big-tensor passes in C++, this module's small middle
-            # part (_gates_hw) in autograd; same values (see _coord_cpu).
+            # Fused CPU training path: the big-tensor passes in C++, the small middle part as
+            # self._middle picks it; same values (see _coord_cpu, _coord_middle).
             return _coord_cpu.coord_hw(x, self._middle(h, w))
         x_h, x_w = self._pool_hw(x)  # (N, C, H), (N, C, W)
         a_h, a_w = self._gates_hw(torch.cat([x_h, x_w], dim=2).transpose(1, 2), h, w)
