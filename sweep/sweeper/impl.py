@@ -27,7 +27,7 @@ from sweep.sweeper.params import (VARIANT, Groups, SearchSpace, build_space, che
                                   expand_ofat, format_value)
 from sweep.sweeper.samplers import (make_pruner, make_sampler, parse_constraints,
                                     parse_objectives, resolve_sampler_name)
-from sweep.sweeper.adaptive import EXTRA
+from sweep.sweeper.adaptive import EXTRA, check_adaptive, queue_extra_seeds
 from sweep.sweeper.worker import SweepPlan, WorkerTask, counted_trials, work_left
 
 log = logging.getLogger(__name__)
@@ -230,8 +230,6 @@ class CoordSweeperImpl:
             raise ConfigError("hydra.sweeper.pruner.metric: pruning needs a single objective")
         repeats, seed_key, scheduler = self._check_repeats_and_scheduler(
             space, objectives, str(pruner_conf.get("name", "none")).lower())
-        from sweep.sweeper.adaptive import check_adaptive
-
         max_repeats = check_adaptive(c.get("adaptive_repeats"), repeats)
         self._n_seeds = max(repeats, max_repeats)
         if c.get("enqueue") and sampler == "grid":
@@ -383,8 +381,6 @@ class CoordSweeperImpl:
 
         task = WorkerTask(plan, self.task_function, self.hydra_context, masked)
         if plan.max_repeats and not has_work():
-            from sweep.sweeper.adaptive import queue_extra_seeds
-
             queue_extra_seeds(study, plan)  # a resumed sweep whose regular trials are done
         if not has_work():
             log.info("coordsweep: the study already has its n_trials; nothing to run")

@@ -342,11 +342,7 @@ def run_worker(plan: SweepPlan, run_trial: "HydraTrialRunner", slot: int = 0,
             if twin is not None and twin.state == optuna.trial.TrialState.RUNNING \
                     and twin.number < trial.number and st.WORKER in twin.system_attrs:
                 skip(trial, f"not run: trial {twin.number} runs the same params at the same time")
-            overrides = plan.space.overrides(assignment)
-            own = overrides[len(plan.space.fixed):]
-            trial.set_user_attr("overrides", own)
-            if VARIANT in assignment:
-                trial.set_user_attr("variant", assignment[VARIANT])
+            overrides = _record_config(trial, plan, assignment)
             if twin is not None and twin.state == optuna.trial.TrialState.COMPLETE \
                     and plan.reuse_completed:
                 _copy_result(trial, twin, plan)
@@ -631,10 +627,7 @@ def _run_extra_seeds(study, trial, extra: Mapping[str, Any], run_trial, plan: Sw
                           f"{extra.get('params')} (the search space changed?)")
     trial.set_user_attr("extra_seeds_of", extra.get("parent"))
     trial.set_user_attr("extra_seeds_reason", extra.get("reason"))
-    overrides = plan.space.overrides(assignment)
-    trial.set_user_attr("overrides", overrides[len(plan.space.fixed):])
-    if VARIANT in assignment:
-        trial.set_user_attr("variant", assignment[VARIANT])
+    overrides = _record_config(trial, plan, assignment)
     log.info(f"{tag} trial {trial.number}: extra seeds {list(extra['seeds'])} for the config of "
              f"trial {extra.get('parent')} (adaptive repeats)")
 
@@ -644,6 +637,16 @@ def _run_extra_seeds(study, trial, extra: Mapping[str, Any], run_trial, plan: Sw
 
     return _run_repeats(trial, overrides, run_trial, plan, started, tag,
                         seeds=[int(s) for s in extra["seeds"]], earlier=earlier)
+
+
+def _record_config(trial, plan: SweepPlan, assignment: Mapping[str, Any]) -> List[str]:
+    """Store the trial's own overrides (without the sweep's fixed ones) and its variant; return
+    all overrides of ``assignment``."""
+    overrides = plan.space.overrides(assignment)
+    trial.set_user_attr("overrides", overrides[len(plan.space.fixed):])
+    if VARIANT in assignment:
+        trial.set_user_attr("variant", assignment[VARIANT])
+    return overrides
 
 
 def _set_constraints(trial, plan: SweepPlan, metrics: Mapping[str, Any]) -> None:
